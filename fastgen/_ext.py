@@ -1,0 +1,89 @@
+"""Loading the compiled extension ``fastgen._C`` safely, and what it was built with.
+
+Loading registers the C++ ops of ``torch.ops.fastgen``. It never compiles anything and never
+initialises CUDA. ``FASTGEN_NO_EXT=1`` skips it (to compare against, or to rule it out). When the extension is missing or unusable, the reason is recorded (and shown by
+``fastgen info`` and by backend-selection errors) instead of raising at ``import fastgen``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from typing import Optional
+
+_BUILD_INFO_PATH = os.path.join(os.path.dirname(__file__), "_build_info.json")
+_state: dict = {"tried": False, "module": None, "reason": None}
+
+
+def build_info() -> dict:
+    """Build choices recorded by setup.py (ext, cuda, cpu_isa, torch, cuda_version, ...)."""
+    try:
+        with open(_BUILD_INFO_PATH) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _cpu_lacks(isa: Optional[str]) -> Optional[str]:
+    import torch
+
+    checks = {"avx2": "_is_avx2_supported", "avx512": "_is_avx512_supported"}
+    probe = getattr(torch.cpu, checks.get(isa or "", ""), None)
+    if probe is not None and not probe():
+        return (f"fastgen._C was built for {isa} but this CPU lacks it; rebuild with "
+                "FASTGEN_CPU_ISA=none (or avx2)")
+    return None
+
+
+def load() -> Optional[object]:
+    """Import fastgen._C once; returns the module or None (see :func:`unavailable_reason`)."""
+    if _state["tried"]:
+        return _state["module"]
+    _state["tried"] = True
+    if os.environ.get("FASTGEN_NO_EXT") == "1":
+        _state["reason"] = "disabled by FASTGEN_NO_EXT=1"
+        return None
+    info = build_info()
+    if info and not info.get("ext", False):
+        _state["reason"] = "the extension was not built (FASTGEN_BUILD_EXT=0 at install time)"
+        return None
+    reason = _cpu_lacks(info.get("cpu_isa"))
+    if reason:
+        _state["reason"] = reason
+        return None
+    try:
+        _state["module"] = importlib.import_module("fastgen._C")
+    except ImportError as e:
+        _state["reason"] = (f"fastgen._C failed to import ({e}); reinstall with "
+                            "`pip install --no-build-isolation -e .` against this torch")
+    return _state["module"]
+
+
+def available() -> bool:
+    return load() is not None
+
+
+def unavailable_reason() -> Optional[str]:
+    load()
+    return _state["reason"]
+
+
+def compiled_info() -> dict:
+    """What the loaded binary reports about itself (empty when it is not loaded)."""
+    mod = load()
+    return dict(mod.build_info()) if mod is not None else {}
+
+
+def has_op(name: str) -> bool:
+    """True when the loaded extension registered ``torch.ops.fastgen.<name>``."""
+    import torch
+
+    return available() and hasattr(torch.ops.fastgen, name)
+
+
+def registered_ops() -> list[str]:
+    """Every op of the ``fastgen`` namespace known to the dispatcher, C++ and Python alike."""
+    import torch
+
+    return sorted(n for n in torch._C._dispatch_get_all_op_names() if n.startswith("fastgen::"))
