@@ -1,0 +1,6 @@
+"""Functional API: one module per op family. Each function checks its arguments, picks a backend
+through :mod:`fastgen.registry` and calls a ``torch.ops.fastgen`` op (or the reference)."""
+
+from .bias_act import ACTIVATIONS, bias_act
+
+__all__ = ["bias_act", "ACTIVATIONS"]
