@@ -1,8 +1,10 @@
 """Loading the compiled extension ``fastgen._C`` safely, and what it was built with.
 
 Loading registers the C++ ops of ``torch.ops.fastgen``. It never compiles anything and never
-initialises CUDA. ``FASTGEN_NO_EXT=1`` skips it (to compare against, or to rule it out). When the extension is missing or unusable, the reason is recorded (and shown by
-``fastgen info`` and by backend-selection errors) instead of raising at ``import fastgen``.
+initialises CUDA. ``FASTGEN_NO_EXT=1`` skips it (to compare against, or to rule it out). A
+build for another torch version or for an instruction set this CPU lacks is refused up front.
+When the extension is missing or unusable, the reason is recorded (and shown by ``fastgen info``
+and by backend-selection errors) instead of raising at ``import fastgen``.
 """
 
 from __future__ import annotations
@@ -36,6 +38,16 @@ def _cpu_lacks(isa: Optional[str]) -> Optional[str]:
     return None
 
 
+def _torch_differs(built_against: Optional[str]) -> Optional[str]:
+    """A binary built against another torch may load and then crash (C++ ABI): refuse it."""
+    import torch
+
+    if built_against and built_against != torch.__version__:
+        return (f"fastgen._C was built against torch {built_against} but torch "
+                f"{torch.__version__} is running; rebuild: pip install --no-build-isolation -e .")
+    return None
+
+
 def load() -> Optional[object]:
     """Import fastgen._C once; returns the module or None (see :func:`unavailable_reason`)."""
     if _state["tried"]:
@@ -48,7 +60,7 @@ def load() -> Optional[object]:
     if info and not info.get("ext", False):
         _state["reason"] = "the extension was not built (FASTGEN_BUILD_EXT=0 at install time)"
         return None
-    reason = _cpu_lacks(info.get("cpu_isa"))
+    reason = _cpu_lacks(info.get("cpu_isa")) or _torch_differs(info.get("torch"))
     if reason:
         _state["reason"] = reason
         return None

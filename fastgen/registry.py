@@ -7,8 +7,9 @@ choice, made at call time:
 
 1. ``backend=`` passed to the op: that backend, or an error;
 2. the ``FASTGEN_BACKEND`` environment variable: ``triton`` (every op that has a triton backend),
-   ``bias_act=reference`` (one op), or both comma-separated (``reference,bias_act=cpu``); a
-   backend named for an op must run the call, or it is an error;
+   ``bias_act=reference`` (one op), or both comma-separated (``reference,bias_act=cpu``). A
+   backend named for an op must run the call, or it is an error (so ``FASTGEN_BACKEND=cpu`` makes
+   calls on CUDA tensors fail loudly instead of quietly running elsewhere);
 3. otherwise the first backend, in preference order, that can run the call.
 
 When nothing can run, :class:`BackendError` lists every backend and why it was rejected. A fall

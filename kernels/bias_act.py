@@ -4,9 +4,11 @@ Math: fastgen/reference/bias_act.py. Memory plan and tiling mirror csrc/cpu/bias
 x is [outer, C, inner] in memory, processed as a [rows, cols] matrix in 2-D tiles,
     row mode    (inner > 1):  rows = outer*C of length inner, one bias value per row;
     column mode (inner == 1): rows = outer of length C, the bias vector across columns.
-The forward reads x once and writes y once. The backward reads grad_y and x once, writes grad_x,
-and writes one partial sum of grad_x per (row, column tile) or (row tile, column); the launcher
-adds the partials up, so grad_b needs no atomics and is deterministic.
+Programs form a 1-D grid (row tile major): CUDA caps the second grid axis at 65535, which a
+single long row (no bias) would exceed. The forward reads x once and writes y once. The
+backward reads grad_y and x once, writes grad_x, and writes one partial sum of grad_x per
+(row, column tile) or (row tile, column); the launcher adds the partials up, so grad_b needs no
+atomics and is deterministic.
 
 Only core tl ops are used (no libdevice), so the interpreter runs the very code the GPU runs:
 expm1, log1p and tanh are built from exp/log with Kahan's cancellation trick (a few ulp in fp32).
@@ -16,6 +18,7 @@ constants rounded to fp32.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
@@ -28,7 +31,8 @@ ACT_IDS = {name: i for i, name in enumerate(
 
 _SELU_LAMBDA = 1.0507009873554804934193349852946
 _SELU_ALPHA = 1.6732632423543772848170429916717
-_TILE = 4096  # elements per program: enough bytes in flight per SM, few programs under the interpreter
+# Elements per program: enough bytes in flight per SM, and few programs under the interpreter.
+_TILE = 4096
 
 
 @triton.jit
@@ -137,17 +141,20 @@ def _load_u(x_ptr, b_ptr, offs, mask, r, c, rows, cols, channels,
 def _bias_act_fwd_kernel(
     x_ptr, b_ptr, y_ptr,          # x, y: [rows, cols] dense memory; b: [channels] or dummy
     rows, cols, channels,         # matrix view and bias length
+    col_tiles,                    # programs per row tile: pid = row_tile * col_tiles + col_tile
     alpha, gain, clamp,           # fp32 scalars; clamp used only when HAS_CLAMP
     ACT: tl.constexpr, HAS_BIAS: tl.constexpr, COLUMN_MODE: tl.constexpr,
     HAS_CLAMP: tl.constexpr, COMPUTE: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     # read rows*cols elements of x (+ channels of b); write rows*cols elements of y
-    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
+    pid = tl.program_id(0)
+    r = (pid // col_tiles) * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+    c = (pid % col_tiles) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
     mask = (r < rows) & (c < cols)
     offs = r.to(tl.int64) * cols + c
-    u = _load_u(x_ptr, b_ptr, offs, mask, r, c, rows, cols, channels, HAS_BIAS, COLUMN_MODE, COMPUTE)
+    u = _load_u(x_ptr, b_ptr, offs, mask, r, c, rows, cols, channels,
+                HAS_BIAS, COLUMN_MODE, COMPUTE)
     v = _act_fwd(u, alpha, ACT) * gain
     if HAS_CLAMP:
         v = tl.where(v > clamp, clamp, v)
@@ -166,8 +173,8 @@ def _bias_act_bwd_kernel(
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     # read grad_y and x (rows*cols each); write grad_x and one partial sum per row or column
-    pid_r = tl.program_id(0)
-    pid_c = tl.program_id(1)
+    pid_r = tl.program_id(0) // col_tiles
+    pid_c = tl.program_id(0) % col_tiles
     r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
     mask = (r < rows) & (c < cols)
@@ -185,7 +192,8 @@ def _bias_act_bwd_kernel(
         g = tl.where(mask, g, 0.0)
         if COLUMN_MODE:
             cc = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-            tl.store(partial_ptr + pid_r.to(tl.int64) * cols + cc, tl.sum(g, axis=0), mask=cc < cols)
+            tl.store(partial_ptr + pid_r.to(tl.int64) * cols + cc, tl.sum(g, axis=0),
+                     mask=cc < cols)
         else:
             rr = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
             tl.store(partial_ptr + rr.to(tl.int64) * col_tiles + pid_c, tl.sum(g, axis=1),
@@ -216,6 +224,11 @@ def _plan(x: torch.Tensor, dim: int, has_bias: bool):
     return rows, cols, channels, column_mode, block_r, block_c
 
 
+def _on_device(x: torch.Tensor):
+    """Launch on x's GPU, not on whichever is current."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+
+
 def _compute_dtype(x: torch.Tensor):
     return tl.float64 if x.dtype == torch.float64 else tl.float32
 
@@ -228,14 +241,15 @@ def bias_act_fwd(x: torch.Tensor, b: Optional[torch.Tensor], dim: int, act: str,
     if xd.numel() == 0:
         return y
     rows, cols, channels, column_mode, block_r, block_c = _plan(xd, dim, b is not None)
-    grid = (triton.cdiv(rows, block_r), triton.cdiv(cols, block_c))
-    _bias_act_fwd_kernel[grid](
-        xd, b.contiguous() if b is not None else xd, y, rows, cols, channels,
-        alpha, gain, 0.0 if clamp is None else clamp,
-        ACT=ACT_IDS[act], HAS_BIAS=b is not None, COLUMN_MODE=column_mode,
-        HAS_CLAMP=clamp is not None, COMPUTE=_compute_dtype(xd),
-        BLOCK_R=block_r, BLOCK_C=block_c,
-    )
+    row_tiles, col_tiles = triton.cdiv(rows, block_r), triton.cdiv(cols, block_c)
+    with _on_device(x):
+        _bias_act_fwd_kernel[(row_tiles * col_tiles,)](
+            xd, b.contiguous() if b is not None else xd, y, rows, cols, channels, col_tiles,
+            alpha, gain, 0.0 if clamp is None else clamp,
+            ACT=ACT_IDS[act], HAS_BIAS=b is not None, COLUMN_MODE=column_mode,
+            HAS_CLAMP=clamp is not None, COMPUTE=_compute_dtype(xd),
+            BLOCK_R=block_r, BLOCK_C=block_c,
+        )
     return y
 
 
@@ -249,19 +263,21 @@ def bias_act_bwd(grad_y: torch.Tensor, x: torch.Tensor, b: Optional[torch.Tensor
     if xd.numel() == 0:
         return gx, (torch.zeros_like(b) if b is not None else x.new_empty((0,)))
     rows, cols, channels, column_mode, block_r, block_c = _plan(xd, dim, b is not None)
-    grid = (triton.cdiv(rows, block_r), triton.cdiv(cols, block_c))
+    row_tiles, col_tiles = triton.cdiv(rows, block_r), triton.cdiv(cols, block_c)
     acc_dtype = torch.float64 if xd.dtype == torch.float64 else torch.float32
-    partial_shape = ((grid[0], cols) if column_mode else (rows, grid[1])) if b is not None else (1,)
+    partial_shape = ((row_tiles, cols) if column_mode else (rows, col_tiles)) if b is not None \
+        else (1,)
     partial = torch.empty(partial_shape, device=x.device, dtype=acc_dtype)
-    _bias_act_bwd_kernel[grid](
-        gyd, xd, b.contiguous() if b is not None else xd, gx, partial,
-        rows, cols, channels, grid[1],
-        alpha, gain, 0.0 if clamp is None else clamp,
-        ACT=ACT_IDS[act], HAS_BIAS=b is not None, COLUMN_MODE=column_mode,
-        HAS_CLAMP=clamp is not None, NEED_U=act != "linear" or clamp is not None,
-        COMPUTE=_compute_dtype(xd), BLOCK_R=block_r, BLOCK_C=block_c,
-    )
+    with _on_device(x):
+        _bias_act_bwd_kernel[(row_tiles * col_tiles,)](
+            gyd, xd, b.contiguous() if b is not None else xd, gx, partial,
+            rows, cols, channels, col_tiles,
+            alpha, gain, 0.0 if clamp is None else clamp,
+            ACT=ACT_IDS[act], HAS_BIAS=b is not None, COLUMN_MODE=column_mode,
+            HAS_CLAMP=clamp is not None, NEED_U=act != "linear" or clamp is not None,
+            COMPUTE=_compute_dtype(xd), BLOCK_R=block_r, BLOCK_C=block_c,
+        )
     if b is None:
         return gx, x.new_empty((0,))
-    sums = partial.sum(0) if column_mode else partial.view(-1, channels, grid[1]).sum((0, 2))
+    sums = partial.sum(0) if column_mode else partial.view(-1, channels, col_tiles).sum((0, 2))
     return gx, sums.to(b.dtype)

@@ -12,6 +12,7 @@ import pytest  # noqa: E402
 
 from fastgen.testing import fresh_seed  # noqa: E402
 
+
 @pytest.fixture
 def seed():
     """A fresh seed per test, printed so that a failure can be replayed with FASTGEN_TEST_SEED."""

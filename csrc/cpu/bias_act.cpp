@@ -15,8 +15,8 @@
 // [outer, C, inner] whatever the logical order. Two tilings follow from it:
 //   row mode    (inner > 1)  rows of `inner` elements share one bias value   (NCHW)
 //   column mode (inner == 1) rows of C elements take the whole bias vector  (NHWC, [N, C])
-// Other inputs are first made dense in the memory format empty_like would give them, so the
-// output strides are exactly those of at::empty_like(x), which the fake kernel reports.
+// Other inputs are first copied into at::empty_like(x), so the output strides are always exactly
+// those of at::empty_like(x), which the fake kernel reports.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -307,8 +307,34 @@ Params<T> params_of(double alpha, double gain, std::optional<double> clamp) {
   return {T(alpha), T(gain), T(clamp.value_or(0.0)), clamp.has_value()};
 }
 
+// x itself when dense; otherwise a dense copy laid out as at::empty_like(x) lays it out (which
+// keeps x's dimension order), so outputs have exactly the strides the fake kernel reports.
 at::Tensor dense(const at::Tensor& x) {
-  return x.is_non_overlapping_and_dense() ? x : x.contiguous(x.suggest_memory_format());
+  return x.is_non_overlapping_and_dense() ? x : at::empty_like(x).copy_(x);
+}
+
+// b converted once to the compute type (empty when there is no bias).
+template <typename T>
+std::vector<T> bias_values(const std::optional<at::Tensor>& b) {
+  if (!b.has_value()) return {};
+  const at::Tensor bc = b->to(c10::CppTypeToScalarType<T>::value).contiguous();
+  return std::vector<T>(bc.const_data_ptr<T>(), bc.const_data_ptr<T>() + bc.numel());
+}
+
+// Calls body(task, row_task, row, offset, col0, len) for every row segment of every task; tasks
+// run in parallel, each segment is memory [offset, offset + len).
+template <typename F>
+void for_each_segment(const Tiling& t, const F& body) {
+  at::parallel_for(0, t.tasks(), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t rt = task / t.col_tasks;
+      const int64_t r0 = rt * t.rows_per_task;
+      const int64_t c0 = (task % t.col_tasks) * t.cols_per_task;
+      const int64_t r1 = std::min(t.rows, r0 + t.rows_per_task);
+      const int64_t len = std::min(t.cols, c0 + t.cols_per_task) - c0;
+      for (int64_t r = r0; r < r1; ++r) body(task, rt, r, r * t.cols + c0, c0, len);
+    }
+  });
 }
 
 at::Tensor bias_act_cpu(const at::Tensor& x, const std::optional<at::Tensor>& b, int64_t dim,
@@ -325,31 +351,18 @@ at::Tensor bias_act_cpu(const at::Tensor& x, const std::optional<at::Tensor>& b,
     using S = scalar_t;
     using T = at::opmath_type<S>;
     const Params<T> p = params_of<T>(alpha, gain, clamp);
-    std::vector<T> bias;
-    if (b.has_value()) {
-      const at::Tensor bc = b->to(at::toOpMathType(x.scalar_type())).contiguous();
-      bias.assign(bc.data_ptr<T>(), bc.data_ptr<T>() + bc.numel());
-    }
+    const std::vector<T> bias = bias_values<T>(b);
     const S* xp = xd.const_data_ptr<S>();
     S* yp = y.data_ptr<S>();
     dispatch_act(act, [&](auto act_tag) {
       constexpr Act A = decltype(act_tag)::value;
-      at::parallel_for(0, t.tasks(), 1, [&](int64_t begin, int64_t end) {
-        for (int64_t task = begin; task < end; ++task) {
-          const int64_t r0 = (task / t.col_tasks) * t.rows_per_task;
-          const int64_t c0 = (task % t.col_tasks) * t.cols_per_task;
-          const int64_t r1 = std::min(t.rows, r0 + t.rows_per_task);
-          const int64_t len = std::min(t.cols, c0 + t.cols_per_task) - c0;
-          for (int64_t r = r0; r < r1; ++r) {
-            const int64_t off = r * t.cols + c0;
-            if (bias.empty()) {
-              fwd_span<A, Bias::None>(xp + off, yp + off, len, T(0), nullptr, p);
-            } else if (t.column_mode) {
-              fwd_span<A, Bias::Vector>(xp + off, yp + off, len, T(0), bias.data() + c0, p);
-            } else {
-              fwd_span<A, Bias::Scalar>(xp + off, yp + off, len, bias[r % bias.size()], nullptr, p);
-            }
-          }
+      for_each_segment(t, [&](int64_t, int64_t, int64_t r, int64_t off, int64_t c0, int64_t len) {
+        if (bias.empty()) {
+          fwd_span<A, Bias::None>(xp + off, yp + off, len, T(0), nullptr, p);
+        } else if (t.column_mode) {
+          fwd_span<A, Bias::Vector>(xp + off, yp + off, len, T(0), bias.data() + c0, p);
+        } else {
+          fwd_span<A, Bias::Scalar>(xp + off, yp + off, len, bias[r % bias.size()], nullptr, p);
         }
       });
     });
@@ -377,18 +390,13 @@ std::tuple<at::Tensor, at::Tensor> bias_act_bwd_cpu(
     gb.zero_();
     return {gx, gb};
   }
-  const Layout l = layout_of(xd, dim, b.has_value());
-  const Tiling t = tiling_of(l);
+  const Tiling t = tiling_of(layout_of(xd, dim, b.has_value()));
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bias_act_bwd_cpu", [&] {
     using S = scalar_t;
     using T = at::opmath_type<S>;
     const Params<T> p = params_of<T>(alpha, gain, clamp);
-    std::vector<T> bias;
-    if (b.has_value()) {
-      const at::Tensor bc = b->to(at::toOpMathType(x.scalar_type())).contiguous();
-      bias.assign(bc.data_ptr<T>(), bc.data_ptr<T>() + bc.numel());
-    }
+    const std::vector<T> bias = bias_values<T>(b);
     // Row mode: one partial per task. Column mode: one partial row of C per row-block.
     std::vector<double> row_partial(t.column_mode ? 0 : t.tasks(), 0.0);
     std::vector<T> col_partial(t.column_mode ? t.row_tasks * t.cols : 0, T(0));
@@ -397,25 +405,16 @@ std::tuple<at::Tensor, at::Tensor> bias_act_bwd_cpu(
     S* gxp = gx.data_ptr<S>();
     dispatch_act(act, [&](auto act_tag) {
       constexpr Act A = decltype(act_tag)::value;
-      at::parallel_for(0, t.tasks(), 1, [&](int64_t begin, int64_t end) {
-        for (int64_t task = begin; task < end; ++task) {
-          const int64_t rt = task / t.col_tasks;
-          const int64_t r0 = rt * t.rows_per_task;
-          const int64_t c0 = (task % t.col_tasks) * t.cols_per_task;
-          const int64_t r1 = std::min(t.rows, r0 + t.rows_per_task);
-          const int64_t len = std::min(t.cols, c0 + t.cols_per_task) - c0;
-          for (int64_t r = r0; r < r1; ++r) {
-            const int64_t off = r * t.cols + c0;
-            if (bias.empty()) {
-              bwd_span<A, Bias::None>(gyp + off, xp + off, gxp + off, len, T(0), nullptr, nullptr, p);
-            } else if (t.column_mode) {
-              bwd_span<A, Bias::Vector>(gyp + off, xp + off, gxp + off, len, T(0), bias.data() + c0,
-                                        col_partial.data() + rt * t.cols + c0, p);
-            } else {
-              row_partial[task] = bwd_span<A, Bias::Scalar>(gyp + off, xp + off, gxp + off, len,
+      for_each_segment(t, [&](int64_t task, int64_t rt, int64_t r, int64_t off, int64_t c0,
+                              int64_t len) {
+        if (bias.empty()) {
+          bwd_span<A, Bias::None>(gyp + off, xp + off, gxp + off, len, T(0), nullptr, nullptr, p);
+        } else if (t.column_mode) {
+          bwd_span<A, Bias::Vector>(gyp + off, xp + off, gxp + off, len, T(0), bias.data() + c0,
+                                    col_partial.data() + rt * t.cols + c0, p);
+        } else {
+          row_partial[task] = bwd_span<A, Bias::Scalar>(gyp + off, xp + off, gxp + off, len,
                                                         bias[r % bias.size()], nullptr, nullptr, p);
-            }
-          }
         }
       });
     });

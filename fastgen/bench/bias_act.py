@@ -60,7 +60,7 @@ def cases(device: str) -> list[Case]:
         numel = math.prod(shape)
         kw = dict(dim=dim, act=act, **params)
 
-        def setup(shape=shape, dtype=dtype, layout=layout, mode=mode):
+        def setup(shape=shape, dim=dim, dtype=dtype, layout=layout, mode=mode):
             g = torch.Generator(device=device).manual_seed(0)
             fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
             x = torch.randn(shape, generator=g, device=device, dtype=dtype).contiguous(

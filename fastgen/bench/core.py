@@ -1,4 +1,4 @@
-"""Benchmark cases and the timing loop shared by ``fastgen bench`` and benchmarks/ (pytest-benchmark).
+"""Benchmark cases and the timing loop shared by ``fastgen bench`` and the benchmarks/ suites.
 
 A :class:`Case` is defined once: how to build its inputs, and the callables to time — fastgen, the
 reference, and peers (``torch.compile`` of the reference, another library). :func:`measure` times
@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-__all__ = ["Case", "Result", "measure", "time_call"]
+__all__ = ["Case", "Result", "copy_bandwidth", "measure", "time_call"]
 
 
 @dataclass
@@ -66,11 +66,20 @@ class Result:
     ref_error: Optional[float]      # reference vs float64 truth: PyTorch's own error
     bytes_moved: int
     repeats: int
+    peak_mb: dict[str, float] = field(default_factory=dict)  # CUDA: extra memory per call
+    copy_gbps: Optional[float] = None  # this device's measured copy bandwidth (the floor)
 
     @property
     def gbps(self) -> Optional[float]:
         ms = self.ms.get("fastgen")
         return self.bytes_moved / (ms * 1e-3) / 1e9 if self.bytes_moved and ms else None
+
+    @property
+    def floor_ms(self) -> Optional[float]:
+        """bytes_moved at the device's measured copy bandwidth: no kernel can beat this."""
+        if not (self.bytes_moved and self.copy_gbps):
+            return None
+        return self.bytes_moved / (self.copy_gbps * 1e9) * 1e3
 
     def speedup(self, other: str) -> Optional[float]:
         if other in self.ms and self.ms.get("fastgen"):
@@ -115,8 +124,20 @@ def _max_error(out, truth) -> float:
     return max(errs) if errs else 0.0
 
 
+def copy_bandwidth(device: str, nbytes: int = 1 << 28, repeats: int = 5) -> float:
+    """GB/s of a large tensor copy on ``device`` (bytes read + written): the practical ceiling
+    for memory-bound kernels, measured rather than taken from a spec sheet."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).fill_(1.0)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    _sync(device)
+    t = statistics.median(time_call(lambda: dst.copy_(src), device) for _ in range(repeats))
+    return 2 * nbytes / t / 1e9
+
+
 def measure(case: Case, repeats: int = 7, warmup: int = 2,
-            progress: Optional[Callable[[str], None]] = None) -> Result:
+            progress: Optional[Callable[[str], None]] = None,
+            copy_gbps: Optional[float] = None) -> Result:
     """Time every contender of ``case`` interleaved; errors against the float64 truth."""
     say = progress or (lambda msg: None)
     say("setup")
@@ -131,7 +152,7 @@ def measure(case: Case, repeats: int = 7, warmup: int = 2,
     ref_error = _max_error(out_ref, truth) if truth is not None else None
     del truth, out_fastgen, out_ref
 
-    warmup_s = {}
+    warmup_s, peak_mb = {}, {}
     for name, fn in contenders.items():
         say(f"warm-up {name}")
         t0 = time.perf_counter()
@@ -139,13 +160,20 @@ def measure(case: Case, repeats: int = 7, warmup: int = 2,
             fn(state)
         _sync(case.device)
         warmup_s[name] = time.perf_counter() - t0
+        if case.device == "cuda":
+            before = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            fn(state)
+            torch.cuda.synchronize()
+            peak_mb[name] = (torch.cuda.max_memory_allocated() - before) / 2**20
 
     samples: dict[str, list[float]] = {name: [] for name in contenders}
     names = list(contenders)
     for r in range(repeats):
         say(f"round {r + 1}/{repeats}")
         for name in names[r % len(names):] + names[:r % len(names)]:
-            samples[name].append(time_call(lambda: contenders[name](state), case.device))
+            fn = contenders[name]
+            samples[name].append(time_call(lambda: fn(state), case.device))  # noqa: B023
 
     def q(xs, p):
         xs = sorted(xs)
@@ -157,4 +185,4 @@ def measure(case: Case, repeats: int = 7, warmup: int = 2,
         ms={k: statistics.median(v) * 1e3 for k, v in samples.items()},
         spread={k: (q(v, 0.2), q(v, 0.8)) for k, v in samples.items()},
         warmup_s=warmup_s, max_error=max_error, ref_error=ref_error,
-        bytes_moved=case.bytes_moved, repeats=repeats)
+        bytes_moved=case.bytes_moved, repeats=repeats, peak_mb=peak_mb, copy_gbps=copy_gbps)

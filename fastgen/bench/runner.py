@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .core import Case, Result, measure
+from .core import Case, Result, copy_bandwidth, measure
 
 __all__ = ["all_cases", "select", "run", "format_table", "write_json", "plot", "metadata"]
 
@@ -70,12 +70,14 @@ class _Progress:
 def run(cases: Sequence[Case], repeats: int = 7, warmup: int = 2, progress: bool = True
         ) -> list[Result]:
     bar = _Progress(len(cases)) if progress else None
+    copy_gbps = {dev: copy_bandwidth(dev) for dev in sorted({c.device for c in cases})}
     results = []
     for case in cases:
         if bar:
             bar.start(case)
         results.append(measure(case, repeats=repeats, warmup=warmup,
-                               progress=bar.update if bar else None))
+                               progress=bar.update if bar else None,
+                               copy_gbps=copy_gbps[case.device]))
     if bar:
         bar.finish()
     return results
@@ -86,9 +88,16 @@ def _fmt(v: Optional[float], spec: str) -> str:
 
 
 def format_table(results: Sequence[Result]) -> str:
-    """Markdown table: one row per case, ratios > 1 mean fastgen is faster."""
+    """Markdown table: one row per case, ratios > 1 mean fastgen is faster.
+
+    floor ms is the case's minimum traffic at the device's measured copy bandwidth; peak MB (CUDA
+    only) is the extra device memory one fastgen call needs.
+    """
     head = ["op", "case", "device", "dtype", "backend", "fastgen ms", "reference ms", "peer",
-            "peer ms", "x reference", "x peer", "max error", "GB/s"]
+            "peer ms", "x reference", "x peer", "max error", "GB/s", "floor ms"]
+    with_peak = any(r.peak_mb for r in results)
+    if with_peak:
+        head.append("peak MB")
     rows = []
     for r in results:
         peer = r.peer
@@ -97,7 +106,8 @@ def format_table(results: Sequence[Result]) -> str:
             _fmt(r.ms.get("reference"), ".2f"), peer or "-",
             _fmt(r.ms.get(peer) if peer else None, ".2f"), _fmt(r.speedup("reference"), ".2f"),
             _fmt(r.speedup(peer) if peer else None, ".2f"), _fmt(r.max_error, ".1e"),
-            _fmt(r.gbps, ".1f")])
+            _fmt(r.gbps, ".1f"), _fmt(r.floor_ms, ".2f")]
+            + ([_fmt(r.peak_mb.get("fastgen"), ".0f")] if with_peak else []))
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     out = [line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
@@ -137,7 +147,8 @@ def write_json(path: str, results: Sequence[Result], meta: dict) -> None:
     rows = []
     for r in results:
         d = dict(vars(r))
-        d.update(gbps=r.gbps, peer=r.peer, speedup_vs_reference=r.speedup("reference"),
+        d.update(gbps=r.gbps, floor_ms=r.floor_ms, peer=r.peer,
+                 speedup_vs_reference=r.speedup("reference"),
                  speedup_vs_peer=r.speedup(r.peer) if r.peer else None)
         rows.append(d)
     with open(path, "w") as f:

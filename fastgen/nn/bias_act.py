@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..ops.bias_act import ACTIVATIONS, _check, bias_act
+from ..ops.bias_act import ACTIVATIONS, bias_act, check_args
 
 __all__ = ["BiasAct"]
 
@@ -36,7 +36,7 @@ class BiasAct(nn.Module):
         if bias and (num_channels is None or int(num_channels) < 1):
             raise ValueError(f"BiasAct: bias=True needs num_channels >= 1, got {num_channels!r}")
         # Validate alpha/gain/clamp now, not at the first forward.
-        _check(torch.empty(0), None, dim, act, alpha, gain, clamp)
+        check_args(torch.empty(0), None, dim, act, alpha, gain, clamp)
         self.num_channels = num_channels
         self.act, self.alpha, self.gain, self.clamp = act, alpha, gain, clamp
         self.dim, self.backend = dim, backend
@@ -47,7 +47,10 @@ class BiasAct(nn.Module):
             self.register_parameter("bias", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return bias_act(x, self.bias, self.dim, self.act, self.alpha, self.gain, self.clamp,
+        # Under autocast x arrives in half precision while the bias parameter stays float32;
+        # the cast is differentiable, so the fp32 parameter still gets its gradient.
+        b = self.bias.to(x.dtype) if self.bias is not None else None
+        return bias_act(x, b, self.dim, self.act, self.alpha, self.gain, self.clamp,
                         backend=self.backend)
 
     def extra_repr(self) -> str:

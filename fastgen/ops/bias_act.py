@@ -12,7 +12,11 @@ This is fastgen's pattern op: every later op copies its layout.
     tests/ops/test_bias_act.py     tests; fastgen/bench/bias_act.py benchmark cases
 
 Ops in ``torch.ops.fastgen``: ``bias_act`` / ``bias_act_bwd`` (C++, schemas in
-csrc/registration.cpp) and ``bias_act_triton`` / ``bias_act_bwd_triton`` (declared here). The
+csrc/registration.cpp) and ``bias_act_triton`` / ``bias_act_bwd_triton`` (declared here with
+``torch.library.custom_op`` rather than ``triton_op``: a ``triton_op``'s fake implementation runs
+the Python body on fake tensors, and the Triton interpreter, which CI uses on CPU, then tries to
+read their storage; with ``custom_op`` + ``register_fake`` the same op works on GPU, under the
+interpreter, in opcheck and under torch.compile, at the cost of Inductor not seeing inside). The
 backward recomputes ``x + b`` instead of saving the activation: one extra read of x, and the
 derivative and the clamp gate are evaluated at exactly the forward's point (the gate is inclusive,
 ``|y| <= clamp``, like torch.clamp's derivative). Second-order gradients (R1 and path-length
@@ -31,7 +35,7 @@ import torch
 
 from .. import _ext, registry
 from ..reference.bias_act import ACTIVATIONS as _SPECS
-from ..reference.bias_act import act_second_derivative, resolve_params
+from ..reference.bias_act import act_second_derivative, bias_shape, resolve_params
 from ..reference.bias_act import bias_act as _reference
 
 __all__ = ["bias_act", "ACTIVATIONS"]
@@ -60,18 +64,22 @@ def bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, dim: int = 1,
     Returns:
         y: tensor like x.
     """
-    dim, alpha, gain, clamp = _check(x, b, dim, act, alpha, gain, clamp)
+    dim, alpha, gain, clamp = check_args(x, b, dim, act, alpha, gain, clamp)
     args = (x, b, dim, act, alpha, gain, clamp)
     return _OP.select(x.device.type, args, backend).fn(*args)
 
 
-def _check(x, b, dim, act, alpha, gain, clamp):
-    """Validate the arguments; returns (dim, alpha, gain, clamp) normalised."""
+def check_args(x, b, dim, act, alpha, gain, clamp):
+    """Validate bias_act's arguments; returns (dim, alpha, gain, clamp) normalised.
+
+    Errors name the argument and what was expected. ``dim`` is checked only when b is given (it
+    says where b goes; without b it is unused, as in StyleGAN2's op).
+    """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"bias_act: x must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"bias_act: x must be float16, bfloat16, float32 or float64, got {x.dtype}")
-    if act not in _SPECS:
+    if not isinstance(act, str) or act not in _SPECS:
         raise ValueError(f"bias_act: act must be one of {', '.join(ACTIVATIONS)}; got {act!r}")
     if not isinstance(dim, numbers.Integral) or isinstance(dim, bool):
         raise TypeError(f"bias_act: dim must be an int, got {type(dim).__name__}")
@@ -129,10 +137,6 @@ def _fake_bwd(grad_y, x, b, dim, act, alpha, gain, clamp):
     return torch.empty_like(x), (b.new_empty(b.shape) if b is not None else x.new_empty((0,)))
 
 
-def _bias_shape(x: torch.Tensor, dim: int) -> list[int]:
-    return [-1 if i == dim else 1 for i in range(x.ndim)]
-
-
 def _register_pair(fwd, bwd) -> None:
     """Fake kernels for both ops; autograd fwd -> bwd -> (bwd + act'') for the pair."""
 
@@ -158,12 +162,12 @@ def _register_pair(fwd, bwd) -> None:
         dim, act, alpha, gain, clamp = ctx.cfg
         g = gg_x
         if b is not None and gg_b is not None:
-            g = g + gg_b.reshape(_bias_shape(x, dim))
+            g = g + gg_b.reshape(bias_shape(x, dim))
         d_grad_y = bwd(g.to(x.dtype), x, b, *ctx.cfg)[0]
         d_x = d_b = None
         if _SPECS[act].curved:
             work = torch.float64 if x.dtype == torch.float64 else torch.float32
-            u = x.to(work) if b is None else x.to(work) + b.to(work).reshape(_bias_shape(x, dim))
+            u = x.to(work) if b is None else x.to(work) + b.to(work).reshape(bias_shape(x, dim))
             d = g.to(work) * grad_y.to(work) * (gain * act_second_derivative(u, act, alpha))
             if clamp is not None:
                 y = _SPECS[act].fn(u, alpha) * gain

@@ -20,6 +20,10 @@ names and the clamp/gain order follow the behavioural spec of StyleGAN2/3's ``bi
     swish      0      √2    u sigmoid(u)                       s (1 + u (1 - s)),  s = sigmoid(u)
     gelu       0      1     u Φ(u)                             Φ(u) + u φ(u)
 
+At the kinks (u == 0) derivatives follow torch's own autograd, since the reference composes torch
+ops: relu' = 0, lrelu' = α, elu' = 1, and selu' = λ·α_s (StyleGAN's table, written in terms of
+a ≥ 0, would give λ there; a measure-zero difference, recorded here so it is not a surprise).
+
 The reference computes in the input dtype, as an eager PyTorch model would; tests run it in
 float64 to get the ground truth and in the input dtype to measure PyTorch's own rounding error.
 """
@@ -34,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["ACTIVATIONS", "ActivationSpec", "bias_act", "act_derivative", "act_second_derivative",
-           "resolve_params"]
+           "bias_shape", "resolve_params"]
 
 SELU_LAMBDA = 1.0507009873554804934193349852946
 SELU_ALPHA = 1.6732632423543772848170429916717
@@ -77,7 +81,8 @@ def resolve_params(act: str, alpha: Optional[float], gain: Optional[float],
             None if clamp is None else float(clamp))
 
 
-def _bias_shape(x: torch.Tensor, dim: int) -> list[int]:
+def bias_shape(x: torch.Tensor, dim: int) -> list[int]:
+    """The shape that broadcasts a [C] bias along dimension ``dim`` of x."""
     return [-1 if i == dim else 1 for i in range(x.ndim)]
 
 
@@ -91,7 +96,7 @@ def bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, dim: int = 1,
     """
     alpha, gain, clamp = resolve_params(act, alpha, gain, clamp)
     if b is not None:
-        x = x + b.reshape(_bias_shape(x, dim % x.ndim))
+        x = x + b.reshape(bias_shape(x, dim % x.ndim))
     y = ACTIVATIONS[act].fn(x, alpha)
     if gain != 1:
         y = y * gain
@@ -101,7 +106,7 @@ def bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, dim: int = 1,
 
 
 def act_derivative(u: torch.Tensor, act: str, alpha: float) -> torch.Tensor:
-    """act'(u), elementwise (the table's last column). At u == 0 it matches torch's backward."""
+    """act'(u), elementwise (the table's last column). At u == 0 it matches torch's autograd."""
     one = torch.ones_like(u)
     if act == "linear":
         return one

@@ -15,8 +15,8 @@ from .samples import OPCHECK_SAMPLES
 from .tolerances import DEFAULT_TOLERANCES, ERROR_RATIO_K, Tolerance, tolerance
 
 __all__ = [
-    "available_backends", "check_against_reference", "devices", "assert_close", "check_error_ratio",
-    "max_abs_error", "poison_", "poisoned", "LAYOUTS", "ODD_SIZES", "fresh_seed", "make_tensor",
-    "odd_shapes", "random_shape", "OPCHECK_SAMPLES", "DEFAULT_TOLERANCES", "ERROR_RATIO_K", "Tolerance",
-    "tolerance",
+    "available_backends", "check_against_reference", "devices", "assert_close",
+    "check_error_ratio", "max_abs_error", "poison_", "poisoned", "LAYOUTS", "ODD_SIZES",
+    "fresh_seed", "make_tensor", "odd_shapes", "random_shape", "OPCHECK_SAMPLES",
+    "DEFAULT_TOLERANCES", "ERROR_RATIO_K", "Tolerance", "tolerance",
 ]

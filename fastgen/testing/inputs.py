@@ -24,7 +24,8 @@ ODD_SIZES = (1, 7, 97, 1031)
 #   channels_last   NHWC memory for 4-D tensors (dense, not contiguous)
 #   transposed      last two dims swapped (dense, not contiguous)
 #   strided         every other element of a larger buffer (not dense: the kernel must copy)
-LAYOUTS = ("contiguous", "channels_last", "transposed", "strided")
+#   permuted_strided  transposed and strided: not dense, and not in row-major dimension order
+LAYOUTS = ("contiguous", "channels_last", "transposed", "strided", "permuted_strided")
 
 
 def fresh_seed() -> int:
@@ -45,8 +46,8 @@ def make_tensor(shape: Sequence[int], dtype: torch.dtype = torch.float32, device
     shape = tuple(int(s) for s in shape)
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    if layout == "transposed" and len(shape) < 2:
-        layout = "contiguous"
+    if layout in ("transposed", "permuted_strided") and len(shape) < 2:
+        layout = "strided" if layout == "permuted_strided" else "contiguous"
     if layout == "channels_last" and len(shape) != 4:
         layout = "transposed" if len(shape) >= 2 else "contiguous"
 
@@ -60,6 +61,10 @@ def make_tensor(shape: Sequence[int], dtype: torch.dtype = torch.float32, device
     elif layout == "strided":
         base = v.new_empty(tuple(shape[:-1]) + (2 * shape[-1],) if shape else (2,))
         t = base[..., ::2] if shape else base[0]
+        t.copy_(v)
+    elif layout == "permuted_strided":
+        base = v.new_empty(tuple(shape[:-2]) + (shape[-1], 2 * shape[-2]))
+        t = base[..., ::2].transpose(-1, -2)
         t.copy_(v)
     else:
         t = v

@@ -28,8 +28,13 @@ def _bias_act_fwd_samples(device) -> list[tuple]:
         (x((2, 5, 3, 4)), b(5), 1, "lrelu", 0.2, 1.4142135623730951, 1.5),
         (x((2, 5, 3, 4), "channels_last"), b(5), 1, "swish", 0.0, 1.0, None),
         (x((7, 9), "strided"), None, 1, "tanh", 0.0, 2.0, None),
+        (x((3, 7, 9), "permuted_strided"), b(7), 1, "relu", 0.0, 1.0, None),
         (x((6, 11)), b(11), 1, "gelu", 0.0, 1.0, 0.5),
         (x((3, 4), dtype=torch.float64), b(4, torch.float64), 1, "elu", 0.0, 1.0, None),
+        (x((4, 6), dtype=torch.float16), b(6, torch.float16), 1, "sigmoid", 0.0, 1.0, None),
+        (x((2, 6, 5), "transposed", torch.bfloat16), b(6, torch.bfloat16), 1, "softplus", 0.0,
+         1.0, 2.0),
+        (x((0, 3)), b(3), 1, "selu", 0.0, 1.0, None),
     ]
 
 

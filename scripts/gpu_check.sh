@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine (the `device` tool): build the extension with CUDA, run the test
+# suite on CUDA, and time the GPU benchmark cases. Everything is written to $OUT (or ./gpu-check);
+# the last lines printed are the test summary and the benchmark table, for BENCHMARKS.md.
+# The device image has torch, triton, pytest and ninja but no network: install with --no-deps.
+set -uo pipefail
+out="${OUT:-gpu-check}"
+mkdir -p "$out"
+py=python3
+
+{
+  date -u +%FT%TZ
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+  $py -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
+} > "$out/env.txt" 2>&1
+cat "$out/env.txt"
+
+export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-16}"
+if ! $py -m pip install --no-deps --no-build-isolation -e . > "$out/build.txt" 2>&1; then
+  tail -40 "$out/build.txt"
+  exit 1
+fi
+$py -m fastgen info > "$out/info.txt" 2>&1
+cat "$out/info.txt"
+
+timeout 420 $py -m pytest -q -p no:cacheprovider tests > "$out/tests.txt" 2>&1
+echo "pytest exit status $?" >> "$out/tests.txt"
+tail -15 "$out/tests.txt"
+
+timeout 240 $py -m fastgen bench --device cuda --full --no-progress \
+  --json "$out/bench_cuda.json" > "$out/bench.txt" 2>&1
+cat "$out/bench.txt"
