@@ -46,8 +46,9 @@ def _bench(args) -> int:
                         progress=not args.no_progress)
     print(f"\nfastgen bench ({'full' if args.full else 'quick'}) on {device}: torch "
           f"{meta['torch']}, {meta['threads']} threads, {meta['date']}, git {meta['git']}")
-    print("median ms over interleaved rounds; x = speedup of fastgen (>1 is faster); "
-          "max error vs float64 reference\n")
+    print("median ms over interleaved rounds; x = speedup of fastgen (>1 is faster); errors "
+          "against float64 (fastgen's, then the reference's own); floor = minimum traffic at "
+          "the measured copy bandwidth\n")
     print(bench.format_table(results))
     if args.json:
         bench.write_json(args.json, results, meta)

@@ -32,7 +32,7 @@ def test_table_json_and_plot(tmp_path):
     results = [measure(_toy_case(), repeats=2, warmup=0)]
     table = bench.format_table(results)
     for col in ("fastgen ms", "reference ms", "peer ms", "x reference", "x peer", "max error",
-                "GB/s"):
+                "ref error", "GB/s", "floor ms"):
         assert col in table
     assert "| toy " in table and "slow" in table
     path = tmp_path / "r.json"

@@ -21,6 +21,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <c10/util/string_view.h>
 #include <torch/library.h>
@@ -123,8 +124,9 @@ inline Vec<T> act_deriv(Vec<T> u, T alpha) {
   }
 }
 
-// Loads and stores between storage type S and compute vectors of T = opmath(S); fp16/bf16 go
-// through a small float buffer, fp32/fp64 load directly.
+// Loads and stores between storage type S and compute vectors of T = opmath(S). fp32/fp64 load
+// directly; fp16/bf16 convert with ATen's vectorised converters (full vectors) and go through a
+// small float buffer for the tail and for stores.
 template <typename S>
 struct Mem {
   using T = at::opmath_type<S>;
@@ -134,6 +136,11 @@ struct Mem {
     if constexpr (std::is_same_v<S, T>) {
       return n == W ? Vec<T>::loadu(p) : Vec<T>::loadu(p, n);
     } else {
+      if (n == W) {
+        Vec<T> out;
+        at::vec::load_to_float<S>(p, out);
+        return out;
+      }
       T buf[W] = {};
       for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<T>(p[i]);
       return Vec<T>::loadu(buf);
@@ -144,9 +151,8 @@ struct Mem {
     if constexpr (std::is_same_v<S, T>) {
       if (n == W) v.store(p); else v.store(p, n);
     } else {
-      T buf[W];
-      v.store(buf);
-      for (int64_t i = 0; i < n; ++i) p[i] = static_cast<S>(buf[i]);
+      // Packs the W floats into the low half of a 2W-wide reduced vector.
+      at::vec::convert_from_float<S>(v, v).store(p, n);
     }
   }
 };

@@ -90,11 +90,12 @@ def _fmt(v: Optional[float], spec: str) -> str:
 def format_table(results: Sequence[Result]) -> str:
     """Markdown table: one row per case, ratios > 1 mean fastgen is faster.
 
+    max error is fastgen's, ref error the reference's own (same dtype), both against float64;
     floor ms is the case's minimum traffic at the device's measured copy bandwidth; peak MB (CUDA
     only) is the extra device memory one fastgen call needs.
     """
     head = ["op", "case", "device", "dtype", "backend", "fastgen ms", "reference ms", "peer",
-            "peer ms", "x reference", "x peer", "max error", "GB/s", "floor ms"]
+            "peer ms", "x reference", "x peer", "max error", "ref error", "GB/s", "floor ms"]
     with_peak = any(r.peak_mb for r in results)
     if with_peak:
         head.append("peak MB")
@@ -106,7 +107,7 @@ def format_table(results: Sequence[Result]) -> str:
             _fmt(r.ms.get("reference"), ".2f"), peer or "-",
             _fmt(r.ms.get(peer) if peer else None, ".2f"), _fmt(r.speedup("reference"), ".2f"),
             _fmt(r.speedup(peer) if peer else None, ".2f"), _fmt(r.max_error, ".1e"),
-            _fmt(r.gbps, ".1f"), _fmt(r.floor_ms, ".2f")]
+            _fmt(r.ref_error, ".1e"), _fmt(r.gbps, ".1f"), _fmt(r.floor_ms, ".2f")]
             + ([_fmt(r.peak_mb.get("fastgen"), ".0f")] if with_peak else []))
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
