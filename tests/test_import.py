@@ -44,3 +44,17 @@ def test_works_without_the_extension():
     """, {"FASTGEN_NO_EXT": "1"})
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "ok"
+
+
+def test_loader_refuses_a_build_for_another_torch_or_cpu(monkeypatch):
+    """The build record is checked before the binary is loaded, with a reason that says why."""
+    import torch
+
+    from fastgen import _ext
+
+    assert _ext._torch_differs(torch.__version__) is None
+    why = _ext._torch_differs("1.0.0")
+    assert "built against torch 1.0.0" in why and torch.__version__ in why
+    monkeypatch.setattr(torch.cpu, "_is_avx512_supported", lambda: False, raising=False)
+    assert "built for avx512 but this CPU lacks it" in _ext._cpu_lacks("avx512")
+    assert _ext._cpu_lacks("none") is None

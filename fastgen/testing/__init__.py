@@ -10,13 +10,13 @@
 
 from .check import available_backends, check_against_reference, devices
 from .compare import assert_close, check_error_ratio, max_abs_error, poison_, poisoned
-from .inputs import LAYOUTS, ODD_SIZES, fresh_seed, make_tensor, odd_shapes, random_shape
+from .inputs import LAYOUTS, ODD_SIZES, fresh_seed, make_tensor, odd_shapes
 from .samples import OPCHECK_SAMPLES
 from .tolerances import DEFAULT_TOLERANCES, ERROR_RATIO_K, Tolerance, tolerance
 
 __all__ = [
     "available_backends", "check_against_reference", "devices", "assert_close",
     "check_error_ratio", "max_abs_error", "poison_", "poisoned", "LAYOUTS", "ODD_SIZES",
-    "fresh_seed", "make_tensor", "odd_shapes", "random_shape", "OPCHECK_SAMPLES",
+    "fresh_seed", "make_tensor", "odd_shapes", "OPCHECK_SAMPLES",
     "DEFAULT_TOLERANCES", "ERROR_RATIO_K", "Tolerance", "tolerance",
 ]

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 import torch
 
-__all__ = ["LAYOUTS", "ODD_SIZES", "fresh_seed", "make_tensor", "odd_shapes", "random_shape"]
+__all__ = ["LAYOUTS", "ODD_SIZES", "fresh_seed", "make_tensor", "odd_shapes"]
 
 # Sizes that break power-of-two and vector-width assumptions: 1, a prime below a SIMD width,
 # a prime above a tile, and one above 1000.
@@ -83,15 +83,6 @@ def odd_shapes(ndim: int, *, max_numel: int = 1 << 16, extra: Sequence[Sequence[
             shapes.add(tuple(max(1, d) for d in shape))
     shapes.update(tuple(e) for e in extra)
     return sorted(shapes)
-
-
-def random_shape(ndim: int, generator: random.Random, *, max_size: int = 40,
-                 max_numel: int = 1 << 15) -> tuple[int, ...]:
-    """A random shape of rank ndim, sizes in [1, max_size], at most max_numel elements."""
-    while True:
-        shape = tuple(generator.randint(1, max_size) for _ in range(ndim))
-        if _numel(shape) <= max_numel:
-            return shape
 
 
 def _numel(shape) -> int:
