@@ -1,6 +1,7 @@
 """Functional API: one module per op family. Each function checks its arguments, picks a backend
 through :mod:`fastgen.registry` and calls a ``torch.ops.fastgen`` op (or the reference)."""
 
+from .attention import flash_attention, scaled_dot_product_attention
 from .bias_act import ACTIVATIONS, bias_act
 
-__all__ = ["bias_act", "ACTIVATIONS"]
+__all__ = ["bias_act", "ACTIVATIONS", "scaled_dot_product_attention", "flash_attention"]
