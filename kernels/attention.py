@@ -37,11 +37,21 @@ _LOG2E = 1.4426950408889634
 
 
 @triton.jit
+def _dot(a, b, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    # The interpreter (numpy) has no bfloat16 matmul: there both operands are widened to fp32,
+    # which is exact (a product of two bf16 values fits fp32), so the result matches fp32
+    # tensor-core accumulation up to summation order.
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    return tl.dot(a, b, input_precision=PREC)
+
+
+@triton.jit
 def _scores(q, k, offs_m, cols, lk, off, scale2, softcap, left, right, mask_ptrs, valid,
             SOFTCAP: tl.constexpr, MASK_KIND: tl.constexpr, HAS_LEFT: tl.constexpr,
-            HAS_RIGHT: tl.constexpr, PREC: tl.constexpr):
+            HAS_RIGHT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
     """Scores of one tile in the log2 domain, and tanh(raw / softcap) for the backward."""
-    s = tl.dot(q, k, input_precision=PREC)
+    s = _dot(q, k, PREC, UPCAST)
     t = s
     if SOFTCAP:
         t = _tanh(s * (scale2 / (softcap * 1.4426950408889634)))
@@ -78,6 +88,7 @@ def _attention_fwd_kernel(
         H, GROUP, LQ, LK, D, DV, scale2, softcap, left, right,
         BOTTOM_RIGHT: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
         SOFTCAP: tl.constexpr, MASK_KIND: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr,
+        UPCAST: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
         BLOCK_DV: tl.constexpr):
     pid_m = tl.program_id(0)
@@ -123,7 +134,7 @@ def _attention_fwd_kernel(
                     mask=col_ok[None, :] & (offs_d[:, None] < D), other=0.0)
         s, _t = _scores(q, k, offs_m, cols, lk, off, scale2, softcap, left, right,
                         m_base + cols[None, :] * smn, row_ok[:, None] & col_ok[None, :],
-                        SOFTCAP, MASK_KIND, HAS_LEFT, HAS_RIGHT, PREC)
+                        SOFTCAP, MASK_KIND, HAS_LEFT, HAS_RIGHT, PREC, UPCAST)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         p = tl.exp2(s - m_safe[:, None])
@@ -131,7 +142,7 @@ def _attention_fwd_kernel(
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(v_base + (k0 + cols)[:, None] * svn + offs_dv[None, :] * svd,
                     mask=col_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, PREC, UPCAST)
         m_i = m_new
     seen = l_i > 0
     denom = tl.where(seen, l_i, 1.0)
@@ -151,6 +162,7 @@ def _attention_bwd_dkdv_kernel(
         HKV, GROUP, LQ, LK, D, DV, scale2, softcap, left, right,
         BOTTOM_RIGHT: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
         SOFTCAP: tl.constexpr, MASK_KIND: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr,
+        UPCAST: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
         BLOCK_DV: tl.constexpr):
     pid_n = tl.program_id(0)
@@ -196,21 +208,21 @@ def _attention_bwd_dkdv_kernel(
             s, t = _scores(q, k, offs_m, cols, lk, off, scale2, softcap, left, right,
                            Mask + b * smb + h * smh + offs_m[:, None] * smm
                            + cols[None, :] * smn, row_ok[:, None] & col_ok[None, :],
-                           SOFTCAP, MASK_KIND, HAS_LEFT, HAS_RIGHT, PREC)
+                           SOFTCAP, MASK_KIND, HAS_LEFT, HAS_RIGHT, PREC, UPCAST)
             lse = tl.load(Lse + bt * slb + h * slh + (q0 + offs_m) * slm, mask=row_ok,
                           other=float("inf"))
             p = tl.exp2(s - lse[:, None] * 1.4426950408889634)
             do = tl.load(DO + bt * sdob + h * sdoh + (q0 + offs_m)[:, None] * sdom
                          + offs_dv[None, :] * sdod,
                          mask=row_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
-            dv += tl.dot(tl.trans(p).to(do.dtype), do, input_precision=PREC)
-            dp = tl.dot(do, v, input_precision=PREC)
+            dv += _dot(tl.trans(p).to(do.dtype), do, PREC, UPCAST)
+            dp = _dot(do, v, PREC, UPCAST)
             delta = tl.load(Delta + bt * slb + h * slh + (q0 + offs_m) * slm, mask=row_ok,
                             other=0.0)
             ds = p * (dp - delta[:, None])
             if SOFTCAP:
                 ds = ds * (1.0 - t * t)
-            dk += tl.dot(tl.trans(ds).to(q.dtype), q, input_precision=PREC)
+            dk += _dot(tl.trans(ds).to(q.dtype), q, PREC, UPCAST)
     tl.store(DK + bt * sdkb + hk * sdkh + (k0 + cols)[:, None] * sdkn + offs_d[None, :] * sdkd,
              (dk * (scale2 * 0.6931471805599453)).to(DK.dtype.element_ty),
              mask=col_ok[:, None] & (offs_d[None, :] < D))
@@ -227,6 +239,7 @@ def _attention_bwd_dq_kernel(
         H, GROUP, LQ, LK, D, DV, scale2, softcap, left, right,
         BOTTOM_RIGHT: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
         SOFTCAP: tl.constexpr, MASK_KIND: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr,
+        UPCAST: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
         BLOCK_DV: tl.constexpr):
     pid_m = tl.program_id(0)
@@ -275,15 +288,15 @@ def _attention_bwd_dq_kernel(
                     mask=col_ok[None, :] & (offs_d[:, None] < D), other=0.0)
         s, t = _scores(q, k, offs_m, cols, lk, off, scale2, softcap, left, right,
                        m_base + cols[None, :] * smn, row_ok[:, None] & col_ok[None, :],
-                       SOFTCAP, MASK_KIND, HAS_LEFT, HAS_RIGHT, PREC)
+                       SOFTCAP, MASK_KIND, HAS_LEFT, HAS_RIGHT, PREC, UPCAST)
         p = tl.exp2(s - lse[:, None])
         v = tl.load(v_base + (k0 + cols)[None, :] * svn + offs_dv[:, None] * svd,
                     mask=col_ok[None, :] & (offs_dv[:, None] < DV), other=0.0)
-        dp = tl.dot(do, v, input_precision=PREC)
+        dp = _dot(do, v, PREC, UPCAST)
         ds = p * (dp - delta[:, None])
         if SOFTCAP:
             ds = ds * (1.0 - t * t)
-        dq += tl.dot(ds.to(k.dtype), tl.trans(k), input_precision=PREC)
+        dq += _dot(ds.to(k.dtype), tl.trans(k), PREC, UPCAST)
     tl.store(DQ + bt * sdqb + h * sdqh + (q0 + offs_m)[:, None] * sdqm + offs_d[None, :] * sdqd,
              (dq * (scale2 * 0.6931471805599453)).to(DQ.dtype.element_ty),
              mask=row_ok[:, None] & (offs_d[None, :] < D))
@@ -309,6 +322,8 @@ def _blocks(q: torch.Tensor, d: int, dv: int) -> tuple[int, int, int, int, int]:
 def _common(q, k, v, mask, cu_q, max_q, max_k, scale, left, right, bottom_right, softcap):
     """Kernel arguments shared by the three kernels."""
     mask_kind = 0 if mask is None else (1 if mask.dtype == torch.bool else 2)
+    if mask is not None:  # broadcast dims get stride 0: the kernel reads the mask as stored
+        mask = mask.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
     m = mask if mask is not None else q  # a dummy pointer the kernel never reads
     if mask is not None and mask.dtype == torch.bool:
         m = mask.view(torch.uint8)
@@ -316,7 +331,8 @@ def _common(q, k, v, mask, cu_q, max_q, max_k, scale, left, right, bottom_right,
     prec = "ieee" if q.dtype == torch.float32 else "tf32"
     scale2 = scale * _LOG2E  # scores come out in the log2 domain; gradients use scale2 * ln 2
     meta = dict(BOTTOM_RIGHT=bool(bottom_right), HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0,
-                SOFTCAP=softcap > 0, MASK_KIND=mask_kind, VARLEN=cu_q is not None, PREC=prec)
+                SOFTCAP=softcap > 0, MASK_KIND=mask_kind, VARLEN=cu_q is not None, PREC=prec,
+                UPCAST=q.dtype == torch.bfloat16 and not q.is_cuda)
     lq = max_q if cu_q is not None else q.shape[2]
     lk = max_k if cu_q is not None else k.shape[2]
     return m, mstrides, meta, lq, lk, scale2

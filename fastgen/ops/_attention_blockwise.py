@@ -56,7 +56,9 @@ class _Tile:
     """Scores of one (query block, key block) tile with softcap, mask and window applied."""
 
     def __init__(self, q5, k5, mask, scale, softcap, off, left, right, groups):
-        self.q5, self.k5, self.mask = q5, k5, mask
+        self.q5, self.k5 = q5, k5
+        self.mask = None if mask is None else mask.expand(
+            q5.shape[0], q5.shape[1] * q5.shape[2], mask.shape[-2], mask.shape[-1])
         self.scale, self.softcap, self.off = scale, softcap, off
         self.left, self.right, self.groups = left, right, groups
 

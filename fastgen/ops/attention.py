@@ -160,7 +160,8 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal
     left, right = int(window[0]), (0 if causal else int(window[1]))
     out, lse = _dispatch(q4, k4, v4, None, cu_seqlens_q, cu_seqlens_k, max_q, max_k, scale, left,
                          right, True, float(softcap), 0.0, return_lse, backend)
-    out = out[0].transpose(0, 1) if varlen else out.transpose(1, 2)
+    # [B, L, H, Dv] memory (the layout FlashAttention returns) also where torch's SDPA ran.
+    out = (out[0].transpose(0, 1) if varlen else out.transpose(1, 2)).contiguous()
     if not return_lse:
         return out
     return out, (lse[0] if varlen else lse)

@@ -46,9 +46,53 @@ def _bias_act_bwd_samples(device) -> list[tuple]:
     return out
 
 
+def _attention_fwd_samples(device) -> list[tuple]:
+    def qkv(b, lq, lk, hq, hkv, d, dv, dtype=torch.float32, varlen=False):
+        shapes = [(b, lq, hq, d), (b, lk, hkv, d), (b, lk, hkv, dv)]
+        ts = [make_tensor(s, dtype, device) for s in shapes]
+        # [B, H, L, D] views of [B, L, H, D] memory, as fastgen.ops.flash_attention passes them.
+        return [t.transpose(1, 2).requires_grad_() for t in ts]
+
+    def cu(*lens):
+        return torch.tensor((0,) + lens, device=device).cumsum(0).to(torch.int32)
+
+    q, k, v = qkv(2, 5, 7, 4, 2, 16, 16)
+    mask_b = torch.rand(2, 1, 5, 7, device=device) > 0.3
+    mask_f = make_tensor((1, 4, 5, 7), torch.float32, device)
+    s = 0.25
+    q16, k16, v16 = qkv(1, 6, 9, 2, 1, 40, 24, torch.float16)
+    qv, kv, vv = qkv(1, 9, 11, 2, 2, 16, 16)
+    return [
+        (q, k, v, None, None, None, 5, 7, s, -1, -1, False, 0.0),
+        (q, k, v, None, None, None, 5, 7, s, 2, 0, True, 3.0),
+        (q, k, v, mask_b, None, None, 5, 7, s, -1, -1, False, 0.0),
+        (q, k, v, mask_f, None, None, 5, 7, s, -1, 0, False, 0.0),
+        (q16, k16, v16, None, None, None, 6, 9, 0.2, -1, 0, True, 0.0),
+        (qv, kv, vv, None, cu(4, 0, 5), cu(3, 2, 6), 5, 6, s, -1, 0, True, 0.0),
+    ]
+
+
+def _attention_bwd_samples(device) -> list[tuple]:
+    from ..reference.attention import attention
+
+    out = []
+    for q, k, v, mask, cu_q, cu_k, *cfg in _attention_fwd_samples(device):
+        scale, left, right, bottom_right, softcap = cfg[2:]
+        with torch.no_grad():
+            o, lse = attention(q, k, v, mask, cu_q, cu_k, scale, left, right, bottom_right,
+                               softcap)
+        do = make_tensor(o.shape, o.dtype, device)
+        out.append((do, q.detach(), k.detach(), v.detach(), o, lse, mask, cu_q, cu_k, *cfg))
+    return out
+
+
 OPCHECK_SAMPLES: dict[str, tuple[str, str, Callable[[str], list[tuple]]]] = {
     "fastgen::bias_act": ("bias_act", "cpu", _bias_act_fwd_samples),
     "fastgen::bias_act_bwd": ("bias_act", "cpu", _bias_act_bwd_samples),
     "fastgen::bias_act_triton": ("bias_act", "triton", _bias_act_fwd_samples),
     "fastgen::bias_act_bwd_triton": ("bias_act", "triton", _bias_act_bwd_samples),
+    "fastgen::attention_fwd_cpu": ("attention", "cpu", _attention_fwd_samples),
+    "fastgen::attention_bwd_cpu": ("attention", "cpu", _attention_bwd_samples),
+    "fastgen::attention_fwd_triton": ("attention", "triton", _attention_fwd_samples),
+    "fastgen::attention_bwd_triton": ("attention", "triton", _attention_bwd_samples),
 }
