@@ -85,14 +85,14 @@ def _attention_fwd_kernel(
         Q, K, V, Out, Lse, Mask, CuQ, CuK,
         sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
         sob, soh, som, sod, slb, slh, slm, smb, smh, smm, smn,
-        H, GROUP, LQ, LK, D, DV, scale2, softcap, left, right,
+        H, GROUP, LQ, LK, D, DV, scale2, softcap, left, right, NBLK,
         BOTTOM_RIGHT: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
         SOFTCAP: tl.constexpr, MASK_KIND: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr,
         UPCAST: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
         BLOCK_DV: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_m = tl.program_id(0) % NBLK  # 1-D grid: no 65535 cap on batch * heads
+    pid_bh = tl.program_id(0) // NBLK
     b = pid_bh // H
     h = pid_bh % H
     hk = h // GROUP
@@ -159,14 +159,14 @@ def _attention_bwd_dkdv_kernel(
         sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
         sdob, sdoh, sdom, sdod, slb, slh, slm, sdkb, sdkh, sdkn, sdkd,
         sdvb, sdvh, sdvn, sdvd, smb, smh, smm, smn,
-        HKV, GROUP, LQ, LK, D, DV, scale2, softcap, left, right,
+        HKV, GROUP, LQ, LK, D, DV, scale2, softcap, left, right, NBLK,
         BOTTOM_RIGHT: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
         SOFTCAP: tl.constexpr, MASK_KIND: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr,
         UPCAST: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
         BLOCK_DV: tl.constexpr):
-    pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_n = tl.program_id(0) % NBLK  # 1-D grid: no 65535 cap on batch * heads
+    pid_bh = tl.program_id(0) // NBLK
     b = pid_bh // HKV
     hk = pid_bh % HKV
     q0, lq, k0, lk = _seq_bounds(CuQ, CuK, b, LQ, LK, VARLEN)
@@ -236,14 +236,14 @@ def _attention_bwd_dq_kernel(
         Q, K, V, DO, Lse, Delta, DQ, Mask, CuQ, CuK,
         sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
         sdob, sdoh, sdom, sdod, slb, slh, slm, sdqb, sdqh, sdqm, sdqd, smb, smh, smm, smn,
-        H, GROUP, LQ, LK, D, DV, scale2, softcap, left, right,
+        H, GROUP, LQ, LK, D, DV, scale2, softcap, left, right, NBLK,
         BOTTOM_RIGHT: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
         SOFTCAP: tl.constexpr, MASK_KIND: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr,
         UPCAST: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
         BLOCK_DV: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_m = tl.program_id(0) % NBLK  # 1-D grid: no 65535 cap on batch * heads
+    pid_bh = tl.program_id(0) // NBLK
     b = pid_bh // H
     h = pid_bh % H
     hk = h // GROUP
@@ -352,14 +352,13 @@ def forward(q, k, v, out, lse, mask, cu_q, cu_k, max_q, max_k, scale, left, righ
     bm, bn, bd, bdv, warps = _blocks(q, d, v.shape[-1])
     cu_q_ = cu_q if cu_q is not None else q
     cu_k_ = cu_k if cu_k is not None else q
-    grid = (triton.cdiv(lq, bm), nb * h)
+    grid = (triton.cdiv(lq, bm) * nb * h,)
     with _on_device(q):
         _attention_fwd_kernel[grid](
             q, k, v, out, lse, m, cu_q_, cu_k_, *q.stride(), *k.stride(), *v.stride(),
             *out.stride(), *lse.stride(), *ms, h, h // k.shape[1], q.shape[2], k.shape[2], d,
-            v.shape[-1], scale2, float(softcap), int(left), int(right), **meta, BLOCK_M=bm,
-            BLOCK_N=bn, BLOCK_D=bd,
-            BLOCK_DV=bdv, num_warps=warps)
+            v.shape[-1], scale2, float(softcap), int(left), int(right), triton.cdiv(lq, bm),
+            **meta, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, BLOCK_DV=bdv, num_warps=warps)
 
 
 def backward(dout, q, k, v, out, lse, mask, cu_q, cu_k, max_q, max_k, scale, left, right,
@@ -370,11 +369,11 @@ def backward(dout, q, k, v, out, lse, mask, cu_q, cu_k, max_q, max_k, scale, lef
     m, ms, meta, lq, lk, scale2 = _common(q, k, v, mask, cu_q, max_q, max_k, scale, left, right,
                                           bottom_right, softcap)
     nb = cu_q.numel() - 1 if cu_q is not None else b
-    dq.zero_()
-    dk.zero_()
-    dv.zero_()
     if q.numel() == 0 or k.numel() == 0 or nb == 0 or dout.numel() == 0:
-        return
+        dq.zero_()
+        dk.zero_()
+        dv.zero_()
+        return  # every element is written below otherwise: each row and key has a program
     lse = lse.contiguous()
     delta = (dout.float() * out.float()).sum(-1).contiguous()  # [B, Hq, Lq], lse's strides
     bm, bn, bd, bdv, warps = _blocks(q, d, v.shape[-1])
@@ -382,14 +381,15 @@ def backward(dout, q, k, v, out, lse, mask, cu_q, cu_k, max_q, max_k, scale, lef
     cu_k_ = cu_k if cu_k is not None else q
     common = (*lse.stride(),)
     with _on_device(q):
-        _attention_bwd_dkdv_kernel[(triton.cdiv(lk, bn), nb * hkv)](
+        _attention_bwd_dkdv_kernel[(triton.cdiv(lk, bn) * nb * hkv,)](
             q, k, v, dout, lse, delta, dk, dv, m, cu_q_, cu_k_, *q.stride(), *k.stride(),
             *v.stride(), *dout.stride(), *common, *dk.stride(), *dv.stride(), *ms, hkv,
             h // hkv, q.shape[2], k.shape[2], d, v.shape[-1], scale2, float(softcap), int(left),
-            int(right), **meta, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, BLOCK_DV=bdv,
-            num_warps=warps)
-        _attention_bwd_dq_kernel[(triton.cdiv(lq, bm), nb * h)](
+            int(right), triton.cdiv(lk, bn), **meta, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd,
+            BLOCK_DV=bdv, num_warps=warps)
+        _attention_bwd_dq_kernel[(triton.cdiv(lq, bm) * nb * h,)](
             q, k, v, dout, lse, delta, dq, m, cu_q_, cu_k_, *q.stride(), *k.stride(),
             *v.stride(), *dout.stride(), *common, *dq.stride(), *ms, h, h // hkv, q.shape[2],
-            k.shape[2], d, v.shape[-1], scale2, float(softcap), int(left), int(right), **meta,
-            BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, BLOCK_DV=bdv, num_warps=warps)
+            k.shape[2], d, v.shape[-1], scale2, float(softcap), int(left), int(right),
+            triton.cdiv(lq, bm), **meta, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, BLOCK_DV=bdv,
+            num_warps=warps)

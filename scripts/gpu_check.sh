@@ -23,10 +23,17 @@ fi
 $py -m fastgen info > "$out/info.txt" 2>&1
 cat "$out/info.txt"
 
-timeout 420 $py -m pytest -q -p no:cacheprovider tests > "$out/tests.txt" 2>&1
+# The attention figures first (bf16, hd 64/128, L 2k/8k, causal or not, fwd and fwd+bwd, against
+# torch SDPA's flash backend in the same run), so they survive a timeout later on.
+timeout 150 $py -m fastgen bench --device cuda --full --filter attention --no-progress \
+  --repeats 10 --json "$out/bench_attention.json" > "$out/bench_attention.txt" 2>&1
+cat "$out/bench_attention.txt"
+
+timeout 360 $py -m pytest -q -p no:cacheprovider tests/ops/test_attention.py tests \
+  > "$out/tests.txt" 2>&1
 echo "pytest exit status $?" >> "$out/tests.txt"
 tail -15 "$out/tests.txt"
 
-timeout 240 $py -m fastgen bench --device cuda --full --no-progress \
+timeout 90 $py -m fastgen bench --device cuda --full --filter bias_act --no-progress \
   --json "$out/bench_cuda.json" > "$out/bench.txt" 2>&1
 cat "$out/bench.txt"

@@ -31,6 +31,7 @@ class Case:
     bytes_moved: the least DRAM traffic the work needs (inputs read once, outputs written once):
                  GB/s = bytes_moved / time, and bytes_moved / peak bandwidth is the floor.
     tier:       "quick" (the default run) or "full".
+    flops:      floating-point operations of the work (0: not meaningful): TFLOP/s column.
     """
 
     op: str
@@ -45,6 +46,7 @@ class Case:
     bytes_moved: int = 0
     tier: str = "quick"
     backend: str = ""
+    flops: int = 0
 
     @property
     def id(self) -> str:
@@ -68,6 +70,11 @@ class Result:
     repeats: int
     peak_mb: dict[str, float] = field(default_factory=dict)  # CUDA: extra memory per call
     copy_gbps: Optional[float] = None  # this device's measured copy bandwidth (the floor)
+    flops: int = 0
+
+    def tflops(self, who: str = "fastgen") -> Optional[float]:
+        ms = self.ms.get(who)
+        return self.flops / (ms * 1e-3) / 1e12 if self.flops and ms else None
 
     @property
     def gbps(self) -> Optional[float]:
@@ -185,4 +192,5 @@ def measure(case: Case, repeats: int = 7, warmup: int = 2,
         ms={k: statistics.median(v) * 1e3 for k, v in samples.items()},
         spread={k: (q(v, 0.2), q(v, 0.8)) for k, v in samples.items()},
         warmup_s=warmup_s, max_error=max_error, ref_error=ref_error,
-        bytes_moved=case.bytes_moved, repeats=repeats, peak_mb=peak_mb, copy_gbps=copy_gbps)
+        bytes_moved=case.bytes_moved, repeats=repeats, peak_mb=peak_mb, copy_gbps=copy_gbps,
+        flops=case.flops)

@@ -1,18 +1,24 @@
-"""Backend ``cpu`` of attention: FlashAttention's blockwise algorithm in PyTorch tensor ops.
+"""Backend ``cpu`` of attention: the calls torch's SDPA cannot run, computed block by block.
 
-For the calls torch's SDPA cannot run (sliding window, softcap, packed varlen, bottom-right causal
-with Lq != Lk, a mask together with causal, or when lse is wanted). It is memory-bounded — the
-scores exist one [B, Hq, bq, bk] tile at a time, tile size capped by _TILE_ELEMENTS — and it
-skips key blocks a window or causal mask hides entirely, which is where it beats dense masked
-SDPA. Low-precision inputs are computed in float32 tile by tile (float64 stays float64).
+Those are: sliding windows, softcap, packed varlen batches, bottom-right causal with Lq != Lk, a
+mask together with causal, and any call that wants lse. Two strategies, both memory-bounded,
+both skipping whatever a window or causal bound hides, both running each sequence of a packed
+batch on its own (padding is never computed):
 
-The backward recomputes each tile's probabilities from the saved lse, p = exp(s - lse), so it too
-never holds more than a tile; dK and dV are summed over a GQA group in a fixed order (no
-nondeterminism). Both directions run each sequence of a packed batch on its own, so padding is
-never computed at all.
+* fused (no softcap): each piece — a sequence, or a block of query rows with the keys a window
+  leaves visible — goes to torch's own fused CPU flash-attention kernel
+  (``aten::_scaled_dot_product_flash_attention_for_cpu`` and its backward, which return and take
+  lse) with is_causal where the piece's diagonal is top-left aligned, else an additive mask
+  tile for the window's edges. So the inner loop is PyTorch's vectorised kernel, and the work is
+  the visible band instead of the dense Lq x Lk of masked SDPA.
+* tiled (softcap, or a torch without that kernel): FlashAttention's online softmax in PyTorch
+  tensor ops over [B, Hq, bq, bk] score tiles of ~1 MB (cache-resident), low precision computed
+  in float32 (float64 stays float64). The backward recomputes p = exp(s - lse) tile by tile.
 
-Lives beside ops/attention.py rather than in csrc/cpu: a PyTorch composition on large tiles
-already runs at matmul speed on CPU; a C++ copy would need its own GEMM to match it.
+dK and dV of a GQA group and of overlapping window pieces are summed in a fixed order, so both
+directions are deterministic. Lives beside ops/attention.py rather than in csrc/cpu: on CPU a
+composition of large fused calls runs at the speed of PyTorch's own kernels; a C++ copy would
+need its own GEMM to match them.
 """
 
 from __future__ import annotations
@@ -21,10 +27,13 @@ import torch
 
 __all__ = ["forward", "backward"]
 
-# Scores per tile (B * Hq * bq * bk): 4M floats = 16 MB, comfortably inside a CPU's L2+L3 share
-# while keeping each matmul large enough that Python overhead stays well under 5%.
-_TILE_ELEMENTS = 1 << 22
-_MAX_BK = 1024
+# Tiled strategy: scores per tile (B * Hq * bq * bk) ~ 256K floats = 1 MB, inside L2, with the
+# matmuls still large enough that Python overhead stays small (measured: 4 MB+ tiles were ~2x
+# slower on a 2-core AVX-512 machine, 0.5 MB tiles no faster).
+_TILE_ELEMENTS = 1 << 18
+_MAX_BK = 256
+# Fused strategy: largest additive mask tile (elements) built per piece.
+_MASK_ELEMENTS = 1 << 22
 
 
 def _segments(q, k, cu_q, cu_k):
@@ -34,6 +43,141 @@ def _segments(q, k, cu_q, cu_k):
     cq, ck = cu_q.tolist(), cu_k.tolist()
     return [(cq[s], cq[s + 1], ck[s], ck[s + 1]) for s in range(len(cq) - 1)]
 
+
+def _key_range(i0, i1, lk, off, left, right):
+    """Keys [lo, hi) that any query in [i0, i1) can see."""
+    lo = max(0, i0 + off - left) if left >= 0 else 0
+    hi = min(lk, i1 - 1 + off + right + 1) if right >= 0 else lk
+    return lo, hi
+
+
+def _hidden(i0, i1, j0, j1, off, left, right):
+    """Bool [i1 - i0, j1 - j0], True where the window/causal bound hides a key; None if none."""
+    hide = None
+    if right >= 0 and j1 - 1 > i0 + off + right:
+        i = torch.arange(i0, i1).unsqueeze(1) + off
+        hide = torch.arange(j0, j1).unsqueeze(0) > i + right
+    if left >= 0 and j0 < i1 - 1 + off - left:
+        i = torch.arange(i0, i1).unsqueeze(1) + off
+        low = torch.arange(j0, j1).unsqueeze(0) < i - left
+        hide = low if hide is None else hide | low
+    return hide
+
+
+def _fused_available(q, v, softcap) -> bool:
+    """torch's kernel has no softcap and needs one head dim for q, k and v."""
+    return (softcap == 0 and q.shape[-1] == v.shape[-1]
+            and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"))
+
+
+def forward(q, k, v, out, lse, mask, cu_q, cu_k, max_q, max_k, scale, left, right, bottom_right,
+            softcap):
+    """Fills out [B, Hq, Lq, Dv] and lse [B, Hq, Lq] (see fastgen.reference.attention)."""
+    if mask is not None:
+        mask = mask.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    run = _fused_forward if _fused_available(q, v, softcap) else _tiled_forward
+    out.zero_()
+    lse.fill_(float("inf"))
+    for qs, qe, ks, ke in _segments(q, k, cu_q, cu_k):
+        if qe > qs and ke > ks:
+            off = (ke - ks) - (qe - qs) if bottom_right else 0
+            run(q, k, v, out, lse, mask, qs, qe, ks, ke, off, scale, left, right, softcap)
+
+
+def backward(dout, q, k, v, out, lse, mask, cu_q, cu_k, max_q, max_k, scale, left, right,
+             bottom_right, softcap, dq, dk, dv):
+    """Fills dq, dk, dv (laid out like q, k, v) from the saved out and lse."""
+    if mask is not None:
+        mask = mask.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    run = _fused_backward if _fused_available(q, v, softcap) else _tiled_backward
+    dq.zero_()
+    dk.zero_()
+    dv.zero_()
+    for qs, qe, ks, ke in _segments(q, k, cu_q, cu_k):
+        if qe > qs and ke > ks:
+            off = (ke - ks) - (qe - qs) if bottom_right else 0
+            run(dout, q, k, v, out, lse, mask, qs, qe, ks, ke, off, scale, left, right, softcap,
+                dq, dk, dv)
+
+
+# --- fused: torch's CPU flash-attention kernel per piece ----------------------------------------
+
+def _pieces(lq, lk, off, left, right, has_mask, heads):
+    """(i0, i1, lo, hi, is_causal, hide) per piece of one sequence; hide: bool tile or None."""
+    if left < 0:
+        # One piece, unless a mask tile is needed: then row blocks keep that tile bounded.
+        lo, hi = _key_range(0, lq, lk, off, left, right)
+        tile_rows = lq * (heads if has_mask else 1)
+        needs_tile = has_mask or (right >= 0 and off != 0)
+        bq = max(16, lq * _MASK_ELEMENTS // max(1, tile_rows * (hi - lo))) if needs_tile else lq
+    else:
+        width = left + 1 + (right if right >= 0 else lk)
+        bq = max(32, min(256, width // 2))
+    for i0 in range(0, lq, bq):
+        i1 = min(lq, i0 + bq)
+        lo, hi = _key_range(i0, i1, lk, off, left, right)
+        if hi <= lo:
+            continue
+        # A tile whose diagonal starts at its corner is exactly the kernel's top-left causal.
+        if right == 0 and left < 0 and i0 + off == lo and not has_mask:
+            yield i0, i1, lo, hi, True, None
+        else:
+            yield i0, i1, lo, hi, False, _hidden(i0, i1, lo, hi, off, left, right)
+
+
+def _piece_inputs(q, k, v, mask, qs, ks, i0, i1, lo, hi, hide):
+    """q block, the visible keys/values (GQA heads expanded) and the additive mask tile."""
+    g = q.shape[1] // k.shape[1]
+    qb = q[:, :, qs + i0:qs + i1]
+    kb, vb = k[:, :, ks + lo:ks + hi], v[:, :, ks + lo:ks + hi]
+    if g > 1:
+        kb, vb = kb.repeat_interleave(g, dim=1), vb.repeat_interleave(g, dim=1)
+    tile = None
+    if mask is not None:
+        m = mask[:, :, qs + i0:qs + i1, ks + lo:ks + hi]
+        tile = (torch.zeros(m.shape, dtype=q.dtype).masked_fill_(~m, float("-inf"))
+                if m.dtype == torch.bool else m.to(q.dtype))
+    if hide is not None:
+        h = torch.zeros(hide.shape, dtype=q.dtype).masked_fill_(hide, float("-inf"))
+        tile = h if tile is None else tile + h
+    return qb, kb, vb, tile
+
+
+def _fused_forward(q, k, v, out, lse, mask, qs, qe, ks, ke, off, scale, left, right, softcap):
+    for i0, i1, lo, hi, causal, hide in _pieces(qe - qs, ke - ks, off, left, right,
+                                                mask is not None, q.shape[0] * q.shape[1]):
+        qb, kb, vb, tile = _piece_inputs(q, k, v, mask, qs, ks, i0, i1, lo, hi, hide)
+        o, l_ = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            qb, kb, vb, 0.0, causal, attn_mask=tile, scale=scale)
+        if tile is not None:  # rows that see no key: the kernel writes lse 0, we write +inf
+            l_ = l_.masked_fill(torch.isneginf(tile).all(-1).expand(l_.shape), float("inf"))
+        out[:, :, qs + i0:qs + i1] = o
+        lse[:, :, qs + i0:qs + i1] = l_
+
+
+def _fused_backward(dout, q, k, v, out, lse, mask, qs, qe, ks, ke, off, scale, left, right,
+                    softcap, dq, dk, dv):
+    g = q.shape[1] // k.shape[1]
+    work = torch.float64 if q.dtype == torch.float64 else torch.float32
+    dk_acc = torch.zeros(k.shape[0], k.shape[1], ke - ks, k.shape[3], dtype=work)
+    dv_acc = torch.zeros(v.shape[0], v.shape[1], ke - ks, v.shape[3], dtype=work)
+    for i0, i1, lo, hi, causal, hide in _pieces(qe - qs, ke - ks, off, left, right,
+                                                mask is not None, q.shape[0] * q.shape[1]):
+        qb, kb, vb, tile = _piece_inputs(q, k, v, mask, qs, ks, i0, i1, lo, hi, hide)
+        rows = slice(qs + i0, qs + i1)
+        dqb, dkb, dvb = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            dout[:, :, rows], qb, kb, vb, out[:, :, rows], lse[:, :, rows], 0.0, causal,
+            attn_mask=tile, scale=scale)
+        dq[:, :, rows] = dqb
+        if g > 1:
+            dkb, dvb = dkb.unflatten(1, (-1, g)).sum(2), dvb.unflatten(1, (-1, g)).sum(2)
+        dk_acc[:, :, lo:hi] += dkb
+        dv_acc[:, :, lo:hi] += dvb
+    dk[:, :, ks:ke] = dk_acc
+    dv[:, :, ks:ke] = dv_acc
+
+
+# --- tiled: online softmax in tensor ops ---------------------------------------------------------
 
 def _work_dtype(x):
     return torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -45,138 +189,97 @@ def _plan(b, hq, lq, lk):
     return min(bq, max(lq, 1)), bk
 
 
-def _key_range(i0, i1, lk, off, left, right):
-    """Keys [lo, hi) that any query in [i0, i1) can see."""
-    lo = max(0, i0 + off - left) if left >= 0 else 0
-    hi = min(lk, i1 - 1 + off + right + 1) if right >= 0 else lk
-    return lo, hi
-
-
 class _Tile:
     """Scores of one (query block, key block) tile with softcap, mask and window applied."""
 
-    def __init__(self, q5, k5, mask, scale, softcap, off, left, right, groups):
-        self.q5, self.k5 = q5, k5
-        self.mask = None if mask is None else mask.expand(
-            q5.shape[0], q5.shape[1] * q5.shape[2], mask.shape[-2], mask.shape[-1])
-        self.scale, self.softcap, self.off = scale, softcap, off
-        self.left, self.right, self.groups = left, right, groups
+    def __init__(self, q, k, mask, qs, ks, qe, ke, scale, softcap, off, left, right, work):
+        hkv = k.shape[1]
+        # Scale folded into q once: softcap needs raw / softcap, the rest raw * scale.
+        pre = scale / softcap if softcap > 0 else scale
+        self.q5 = (q[:, :, qs:qe].to(work) * pre).unflatten(1, (hkv, -1))
+        self.k5 = k[:, :, ks:ke].to(work).unsqueeze(2)
+        self.mask = None if mask is None else mask[:, :, qs:qe, ks:ke].unflatten(1, (hkv, -1))
+        self.softcap, self.off, self.left, self.right = softcap, off, left, right
 
-    def scores(self, i0, i1, j0, j1, qrow0, krow0):
-        """Returns (s [B, Hkv, G, bq, bk], tanh(raw / softcap) or None)."""
+    def scores(self, i0, i1, j0, j1, need_t=False):
+        """Returns (s [B, Hkv, G, bq, bk], tanh(raw / softcap) if need_t else None)."""
         s = torch.matmul(self.q5[:, :, :, i0:i1], self.k5[:, :, :, j0:j1].transpose(-1, -2))
-        s.mul_(self.scale)
         t = None
         if self.softcap > 0:
-            t = torch.tanh(s.div_(self.softcap))
-            s = t * self.softcap
+            s.tanh_()
+            t = s.clone() if need_t else None
+            s.mul_(self.softcap)
         if self.mask is not None:
-            m = self.mask[:, :, qrow0 + i0:qrow0 + i1, krow0 + j0:krow0 + j1]
-            m = m.unflatten(1, (-1, self.groups))
-            if m.dtype == torch.bool:
-                s = s.masked_fill(~m, float("-inf"))
-            else:
-                s = s + m.to(s.dtype)
-        i = torch.arange(i0, i1).unsqueeze(1) + self.off
-        j = torch.arange(j0, j1).unsqueeze(0)
-        hide = None
-        if self.right >= 0 and j1 - 1 > i0 + self.off + self.right:
-            hide = j > i + self.right
-        if self.left >= 0 and j0 < i1 - 1 + self.off - self.left:
-            low = j < i - self.left
-            hide = low if hide is None else hide | low
+            m = self.mask[:, :, :, i0:i1, j0:j1]
+            s = s.masked_fill_(~m, float("-inf")) if m.dtype == torch.bool else s.add_(m)
+        hide = _hidden(i0, i1, j0, j1, self.off, self.left, self.right)
         if hide is not None:
-            s = s.masked_fill(hide, float("-inf"))
+            s.masked_fill_(hide, float("-inf"))
         return s, t
 
 
-def _views(q, k, v, qs, qe, ks, ke, work):
-    """q5 [B, Hkv, G, lq, D], k5/v5 [B, Hkv, 1, lk, D] in the work dtype."""
-    b, hq = q.shape[:2]
-    hkv = k.shape[1]
-    q5 = q[:, :, qs:qe].to(work).unflatten(1, (hkv, hq // hkv))
-    return q5, k[:, :, ks:ke].to(work).unsqueeze(2), v[:, :, ks:ke].to(work).unsqueeze(2)
-
-
-def forward(q, k, v, out, lse, mask, cu_q, cu_k, max_q, max_k, scale, left, right, bottom_right,
-            softcap):
-    """Fills out [B, Hq, Lq, Dv] and lse [B, Hq, Lq] (see fastgen.reference.attention)."""
+def _tiled_forward(q, k, v, out, lse, mask, qs, qe, ks, ke, off, scale, left, right, softcap):
     work = _work_dtype(q)
-    b, hq = q.shape[:2]
-    hkv = k.shape[1]
-    g = hq // hkv
-    for qs, qe, ks, ke in _segments(q, k, cu_q, cu_k):
-        lq, lk = qe - qs, ke - ks
-        if lq == 0:
-            continue
-        off = lk - lq if bottom_right else 0
-        q5, k5, v5 = _views(q, k, v, qs, qe, ks, ke, work)
-        tile = _Tile(q5, k5, mask, scale, softcap, off, left, right, g)
-        bq, bk = _plan(b, hq, lq, lk)
-        for i0 in range(0, lq, bq):
-            i1 = min(lq, i0 + bq)
-            lo, hi = _key_range(i0, i1, lk, off, left, right)
-            m = torch.full((b, hkv, g, i1 - i0), float("-inf"), dtype=work)
-            denom = torch.zeros_like(m)
-            acc = torch.zeros(b, hkv, g, i1 - i0, v.shape[-1], dtype=work)
-            for j0 in range(lo, hi, bk):
-                j1 = min(hi, j0 + bk)
-                s, _ = tile.scores(i0, i1, j0, j1, qs, ks)
-                m_new = torch.maximum(m, s.amax(dim=-1))
-                m_safe = m_new.nan_to_num(neginf=0.0)  # a row with nothing visible yet
-                p = torch.exp(s - m_safe.unsqueeze(-1))
-                alpha = torch.exp(m - m_safe)
-                denom = denom * alpha + p.sum(dim=-1)
-                acc = acc * alpha.unsqueeze(-1) + torch.matmul(p, v5[:, :, :, j0:j1])
-                m = m_new
-            seen = denom > 0
-            o = acc / torch.where(seen, denom, 1.0).unsqueeze(-1)
-            row_lse = torch.where(seen, m + torch.log(torch.where(seen, denom, 1.0)),
-                                  float("inf"))
-            out[:, :, qs + i0:qs + i1] = o.flatten(1, 2).to(out.dtype)
-            lse[:, :, qs + i0:qs + i1] = row_lse.flatten(1, 2).to(lse.dtype)
+    b, hq, hkv = q.shape[0], q.shape[1], k.shape[1]
+    lq, lk = qe - qs, ke - ks
+    tile = _Tile(q, k, mask, qs, ks, qe, ke, scale, softcap, off, left, right, work)
+    v5 = v[:, :, ks:ke].to(work).unsqueeze(2)
+    bq, bk = _plan(b, hq, lq, lk)
+    for i0 in range(0, lq, bq):
+        i1 = min(lq, i0 + bq)
+        lo, hi = _key_range(i0, i1, lk, off, left, right)
+        m = torch.full((b, hkv, hq // hkv, i1 - i0), float("-inf"), dtype=work)
+        denom = torch.zeros_like(m)
+        acc = torch.zeros(b, hkv, hq // hkv, i1 - i0, v.shape[-1], dtype=work)
+        for j0 in range(lo, hi, bk):
+            j1 = min(hi, j0 + bk)
+            s, _ = tile.scores(i0, i1, j0, j1)
+            m_new = torch.maximum(m, s.amax(dim=-1))
+            m_safe = m_new.nan_to_num(neginf=0.0)  # a row with nothing visible yet
+            p = s.sub_(m_safe.unsqueeze(-1)).exp_()
+            alpha = torch.exp(m - m_safe)
+            denom = denom.mul_(alpha).add_(p.sum(dim=-1))
+            acc = acc.mul_(alpha.unsqueeze(-1)).add_(torch.matmul(p, v5[:, :, :, j0:j1]))
+            m = m_new
+        seen = denom > 0
+        safe = torch.where(seen, denom, 1.0)
+        out[:, :, qs + i0:qs + i1] = (acc / safe.unsqueeze(-1)).flatten(1, 2)
+        lse[:, :, qs + i0:qs + i1] = torch.where(seen, m + torch.log(safe),
+                                                 float("inf")).flatten(1, 2)
 
 
-def backward(dout, q, k, v, out, lse, mask, cu_q, cu_k, max_q, max_k, scale, left, right,
-             bottom_right, softcap, dq, dk, dv):
-    """Fills dq, dk, dv (laid out like q, k, v) from the saved out and lse."""
+def _tiled_backward(dout, q, k, v, out, lse, mask, qs, qe, ks, ke, off, scale, left, right,
+                    softcap, dq, dk, dv):
     work = _work_dtype(q)
-    b, hq = q.shape[:2]
-    hkv = k.shape[1]
-    g = hq // hkv
-    dq.zero_()
-    dk.zero_()
-    dv.zero_()
-    for qs, qe, ks, ke in _segments(q, k, cu_q, cu_k):
-        lq, lk = qe - qs, ke - ks
-        if lq == 0 or lk == 0:
-            continue
-        off = lk - lq if bottom_right else 0
-        q5, k5, v5 = _views(q, k, v, qs, qe, ks, ke, work)
-        do5 = dout[:, :, qs:qe].to(work).unflatten(1, (hkv, g))
-        delta = (do5 * out[:, :, qs:qe].to(work).unflatten(1, (hkv, g))).sum(-1)
-        lse5 = lse[:, :, qs:qe].to(work).unflatten(1, (hkv, g))
-        tile = _Tile(q5, k5, mask, scale, softcap, off, left, right, g)
-        dk_acc = torch.zeros(b, hkv, lk, k.shape[-1], dtype=work)
-        dv_acc = torch.zeros(b, hkv, lk, v.shape[-1], dtype=work)
-        bq, bk = _plan(b, hq, lq, lk)
-        for i0 in range(0, lq, bq):
-            i1 = min(lq, i0 + bq)
-            lo, hi = _key_range(i0, i1, lk, off, left, right)
-            dq_acc = torch.zeros(b, hkv, g, i1 - i0, q.shape[-1], dtype=work)
-            do_b = do5[:, :, :, i0:i1]
-            for j0 in range(lo, hi, bk):
-                j1 = min(hi, j0 + bk)
-                s, t = tile.scores(i0, i1, j0, j1, qs, ks)
-                p = torch.exp(s - lse5[:, :, :, i0:i1].unsqueeze(-1))
-                dv_acc[:, :, j0:j1] += torch.matmul(p.transpose(-1, -2), do_b).sum(2)
-                dp = torch.matmul(do_b, v5[:, :, :, j0:j1].transpose(-1, -2))
-                ds = p * (dp - delta[:, :, :, i0:i1].unsqueeze(-1))
-                if t is not None:
-                    ds = ds * (1 - t * t)
-                dq_acc += torch.matmul(ds, k5[:, :, :, j0:j1])
-                dk_acc[:, :, j0:j1] += torch.matmul(ds.transpose(-1, -2),
-                                                    q5[:, :, :, i0:i1]).sum(2)
-            dq[:, :, qs + i0:qs + i1] = (dq_acc * scale).flatten(1, 2).to(dq.dtype)
-        dk[:, :, ks:ke] = (dk_acc * scale).to(dk.dtype)
-        dv[:, :, ks:ke] = dv_acc.to(dv.dtype)
+    b, hq, hkv = q.shape[0], q.shape[1], k.shape[1]
+    lq, lk = qe - qs, ke - ks
+    tile = _Tile(q, k, mask, qs, ks, qe, ke, scale, softcap, off, left, right, work)
+    q5 = q[:, :, qs:qe].to(work).unflatten(1, (hkv, -1))
+    k5 = tile.k5
+    v5 = v[:, :, ks:ke].to(work).unsqueeze(2)
+    do5 = dout[:, :, qs:qe].to(work).unflatten(1, (hkv, -1))
+    delta = (do5 * out[:, :, qs:qe].to(work).unflatten(1, (hkv, -1))).sum(-1)
+    lse5 = lse[:, :, qs:qe].to(work).unflatten(1, (hkv, -1))
+    dk_acc = torch.zeros(b, hkv, lk, k.shape[-1], dtype=work)
+    dv_acc = torch.zeros(b, hkv, lk, v.shape[-1], dtype=work)
+    bq, bk = _plan(b, hq, lq, lk)
+    for i0 in range(0, lq, bq):
+        i1 = min(lq, i0 + bq)
+        lo, hi = _key_range(i0, i1, lk, off, left, right)
+        dq_acc = torch.zeros(b, hkv, hq // hkv, i1 - i0, q.shape[-1], dtype=work)
+        do_b = do5[:, :, :, i0:i1]
+        for j0 in range(lo, hi, bk):
+            j1 = min(hi, j0 + bk)
+            s, t = tile.scores(i0, i1, j0, j1, need_t=True)
+            p = s.sub_(lse5[:, :, :, i0:i1].unsqueeze(-1)).exp_()
+            dv_acc[:, :, j0:j1] += torch.matmul(p.transpose(-1, -2), do_b).sum(2)
+            dp = torch.matmul(do_b, v5[:, :, :, j0:j1].transpose(-1, -2))
+            ds = dp.sub_(delta[:, :, :, i0:i1].unsqueeze(-1)).mul_(p)
+            if t is not None:
+                ds.mul_(1 - t * t)
+            dq_acc += torch.matmul(ds, k5[:, :, :, j0:j1])
+            dk_acc[:, :, j0:j1] += torch.matmul(ds.transpose(-1, -2),
+                                                q5[:, :, :, i0:i1]).sum(2)
+        dq[:, :, qs + i0:qs + i1] = (dq_acc * scale).flatten(1, 2)
+    dk[:, :, ks:ke] = dk_acc * scale
+    dv[:, :, ks:ke] = dv_acc
