@@ -8,9 +8,8 @@ callable synchronises, so pytest-benchmark's wall time is the kernels' time plus
 the CUDA-event median (kernels only) is stored beside it in extra_info["cuda_event_ms"].
 """
 
-import statistics
-
 import os
+import statistics
 
 import pytest
 import torch

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 __all__ = ["Backend", "Op", "BackendError", "register", "get", "ops", "describe", "BACKEND_NAMES",
-           "ENV_VAR"]
+           "ENV_VAR", "triton_available"]
 
 ENV_VAR = "FASTGEN_BACKEND"
 BACKEND_NAMES = ("cuda", "triton", "cpu", "reference")
@@ -174,6 +174,22 @@ def _warn_fallback(op: Op, device_type: str, args: tuple) -> None:
                     if r is not None and n != "reference")
     warnings.warn(f"fastgen.ops.{op.name} on {device_type} falls back to the PyTorch reference "
                   f"({why})", RuntimeWarning, stacklevel=4)
+
+
+def triton_available(device_type: str) -> Optional[str]:
+    """``available`` check shared by every Triton backend: why it cannot run, or None."""
+    import importlib.util
+
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed"
+    if device_type == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            return "no CUDA device"
+    if device_type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        return "CPU tensors need TRITON_INTERPRET=1 (the Triton interpreter)"
+    return None
 
 
 def describe(device_types: Sequence[str] = ("cpu", "cuda")) -> list[dict]:

@@ -70,3 +70,19 @@ def test_cli_list_and_errors(capsys):
     assert main(["bench", "--filter", "no-such-case", "--no-progress"]) == 2
     with pytest.raises(SystemExit):
         main(["bench", "--repeats", "0"])
+
+
+@pytest.mark.parametrize("kind,kw", [("sdpa", dict(causal=True)), ("window", dict(window=(9, 0))),
+                                     ("softcap", dict(softcap=5.0)),
+                                     ("varlen", dict(causal=True))])
+@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
+def test_attention_cases_run_and_count_flops(kind, kw, mode):
+    from fastgen.bench.attention import _case
+
+    case = _case("cpu", "cpu", "tiny", 3, 40, 2, 16, kind, kw, torch.float32, mode, "quick")
+    r = measure(case, repeats=1, warmup=1)
+    assert r.max_error < 1e-4 and (r.ref_error is None or r.ref_error < 1e-4)
+    assert set(r.ms) == {"fastgen", "reference", *case.peers} and len(case.peers) == 1
+    dense = 2 * 3 * 2 * 40 * 40 * 32 * (3.5 if mode == "fwd+bwd" else 1)
+    assert 0 < case.flops <= dense and r.tflops() > 0
+    assert "TFLOP/s" in bench.format_table([r])

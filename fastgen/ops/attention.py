@@ -33,10 +33,8 @@ from lse (no N x N matrix is ever stored) and is deterministic: no atomics, fixe
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import numbers
-import os
 from typing import Optional
 
 import torch
@@ -413,19 +411,11 @@ _declare("cpu", lambda: _blockwise)
 
 # --- backends ----------------------------------------------------------------------------------
 
-def _triton_available(device_type: str) -> Optional[str]:
-    if importlib.util.find_spec("triton") is None:
-        return "triton is not installed"
-    if device_type == "cuda" and not torch.cuda.is_available():
-        return "no CUDA device"
-    if device_type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        return "CPU tensors need TRITON_INTERPRET=1 (the Triton interpreter)"
-    return None
-
 
 _OP = registry.register("attention", [
-    registry.Backend("triton", _run_triton, devices=("cuda", "cpu"), available=_triton_available,
-                     check=_check_triton, explicit_only_on=("cpu",),
+    registry.Backend("triton", _run_triton, devices=("cuda", "cpu"),
+                     available=registry.triton_available, check=_check_triton,
+                     explicit_only_on=("cpu",),
                      summary="kernels/attention.py"),
     registry.Backend("cpu", _run_cpu, devices=("cpu",), check=_check_cpu,
                      summary="torch SDPA where it covers the call, else "

@@ -25,10 +25,8 @@ regularisation) are composed from the same backward op plus ``act''`` in PyTorch
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import numbers
-import os
 from typing import Optional
 
 import torch
@@ -190,15 +188,6 @@ if _ext.has_op("bias_act"):
 
 # --- backends ----------------------------------------------------------------------------------
 
-def _triton_available(device_type: str) -> Optional[str]:
-    if importlib.util.find_spec("triton") is None:
-        return "triton is not installed"
-    if device_type == "cuda" and not torch.cuda.is_available():
-        return "no CUDA device"
-    if device_type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        return "CPU tensors need TRITON_INTERPRET=1 (the Triton interpreter)"
-    return None
-
 
 def _cpu_available(device_type: str) -> Optional[str]:
     if _ext.has_op("bias_act"):
@@ -208,7 +197,7 @@ def _cpu_available(device_type: str) -> Optional[str]:
 
 _OP = registry.register("bias_act", [
     registry.Backend("triton", lambda *a: torch.ops.fastgen.bias_act_triton(*a),
-                     devices=("cuda", "cpu"), available=_triton_available,
+                     devices=("cuda", "cpu"), available=registry.triton_available,
                      explicit_only_on=("cpu",), summary="kernels/bias_act.py"),
     registry.Backend("cpu", lambda *a: torch.ops.fastgen.bias_act(*a), devices=("cpu",),
                      available=_cpu_available, summary="csrc/cpu/bias_act.cpp"),
