@@ -79,8 +79,7 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
                          f"{list(query.shape[:-3])}, {list(key.shape[:-3])}, "
                          f"{list(value.shape[:-3])}")
     lead = query.shape[:-3]
-    q, k, v = (t.reshape(-1, *t.shape[-3:]) if t.ndim >= 3 else t[None, None] for t in
-               (query, key, value))
+    q, k, v = (_as_bhld(t) for t in (query, key, value))
     _check_heads(name, q, k, v, "query", "key", "value", enable_gqa)
     if not isinstance(dropout_p, numbers.Real) or not 0 <= dropout_p < 1:
         raise ValueError(f"{name}: dropout_p must be in [0, 1), got {dropout_p!r}")
@@ -165,6 +164,14 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal
     return out, (lse[0] if varlen else lse)
 
 
+def _as_bhld(t):
+    """[..., H, L, E] -> [B, H, L, E] (a view when the batch dims merge); [L, E] -> [1, 1, L, E].
+    The batch size is spelled out: reshape(-1, ...) is ambiguous when a dimension is 0."""
+    if t.ndim < 3:
+        return t[None, None]
+    return t.reshape(math.prod(t.shape[:-3]), *t.shape[-3:])
+
+
 # --- argument checks ---------------------------------------------------------------------------
 
 def _check_tensor(fn, arg, t, ref, min_ndim=None, exact_ndim=None):
@@ -230,7 +237,7 @@ def _check_mask(fn, mask, query, full_shape):
         raise ValueError(f"{fn}: attn_mask of shape {list(mask.shape)} does not broadcast to "
                          f"[..., Hq, L, S] = {list(full_shape)}") from None
     m = mask.expand(full_shape)
-    return m.reshape(-1, *full_shape[-3:])
+    return m.reshape(math.prod(full_shape[:-3]), *full_shape[-3:])
 
 
 def _check_cu_seqlens(fn, arg, cu, x, max_seqlen, other_shape):

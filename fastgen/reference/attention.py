@@ -122,11 +122,11 @@ def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scal
     query [..., Hq, L, E], key [..., Hkv, S, E], value [..., Hkv, S, Ev]; causal is top-left.
     """
     scale = 1 / math.sqrt(query.shape[-1]) if scale is None else scale
-    q, k, v = (t.reshape(-1, *t.shape[-3:]) if t.ndim >= 3 else t.reshape(1, 1, *t.shape)
-               for t in (query, key, value))
+    q, k, v = (t.reshape(math.prod(t.shape[:-3]), *t.shape[-3:]) if t.ndim >= 3
+               else t.reshape(1, 1, *t.shape) for t in (query, key, value))
     if attn_mask is not None:
         attn_mask = attn_mask.expand(*query.shape[:-1], key.shape[-2])
-        attn_mask = attn_mask.reshape(q.shape[0], -1, *attn_mask.shape[-2:])
+        attn_mask = attn_mask.reshape(q.shape[:2] + attn_mask.shape[-2:])
     out, _ = attention(q, k, v, attn_mask, None, None, scale, -1, 0 if is_causal else -1,
                        False, 0.0, dropout_p)
     return out.reshape(*query.shape[:-1], value.shape[-1])

@@ -304,6 +304,14 @@ def test_empty_inputs_and_rows(device, backend):
     assert torch.isposinf(lse[0, 0, :3]).all() and torch.isfinite(lse[0, 0, 3:]).all()
 
 
+@pytest.mark.parametrize("device,backend", CASES)
+def test_sdpa_zero_length_sequences(device, backend):
+    for lq, lk in ((0, 7), (5, 0)):
+        q, k = torch.randn(2, 4, lq, 8, device=device), torch.randn(2, 4, lk, 8, device=device)
+        out = scaled_dot_product_attention(q, k, k, backend=backend)
+        assert out.shape == (2, 4, lq, 8) and torch.equal(out, torch.zeros_like(out))
+
+
 def test_alignment_examples_from_the_flashattention_docs():
     rows = lambda m: ["".join("1" if x else "0" for x in r) for r in m.tolist()]  # noqa: E731
     assert rows(R.visible(2, 5, -1, 0, bottom_right=True)) == ["11110", "11111"]
