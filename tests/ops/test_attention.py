@@ -75,6 +75,8 @@ FEATURES = [
     ("window causal", 1, 50, 64, 2, 2, 32, 32, dict(window=(8, 0))),
     ("window right only", 1, 20, 30, 2, 2, 16, 16, dict(window=(-1, 2))),
     ("softcap", 1, 21, 34, 2, 2, 80, 80, dict(softcap=2.5, causal=True)),
+    ("softcap above the no-max bound", 1, 19, 26, 2, 1, 32, 32,
+     dict(softcap=60.0, window=(6, 6), scale=2.0)),
     ("scale", 1, 13, 15, 1, 1, 96, 96, dict(scale=0.3)),
     ("dv != d", 1, 12, 20, 2, 1, 48, 24, {}),
     ("L = 1", 2, 1, 1, 2, 2, 16, 16, dict(causal=True)),
@@ -299,9 +301,11 @@ def test_empty_inputs_and_rows(device, backend):
     assert torch.equal(out, torch.zeros_like(out)) and torch.isposinf(lse).all()
     # FlashAttention's example: Sq = 5, Sk = 2, causal bottom-right: rows 0-2 see nothing.
     q, k = torch.randn(1, 5, 1, 16, device=device), torch.randn(1, 2, 1, 16, device=device)
-    out, lse = flash_attention(q, k, k, causal=True, return_lse=True, backend=backend)
-    assert torch.equal(out[0, :3], torch.zeros_like(out[0, :3]))
-    assert torch.isposinf(lse[0, 0, :3]).all() and torch.isfinite(lse[0, 0, 3:]).all()
+    for softcap in (0.0, 5.0):
+        out, lse = flash_attention(q, k, k, causal=True, softcap=softcap, return_lse=True,
+                                   backend=backend)
+        assert torch.equal(out[0, :3], torch.zeros_like(out[0, :3]))
+        assert torch.isposinf(lse[0, 0, :3]).all() and torch.isfinite(lse[0, 0, 3:]).all()
 
 
 @pytest.mark.parametrize("device,backend", CASES)
