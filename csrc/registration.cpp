@@ -17,4 +17,17 @@ TORCH_LIBRARY(fastgen, m) {
   m.def(
       "bias_act_bwd(Tensor grad_y, Tensor x, Tensor? b, int dim, str act, float alpha,"
       " float gain, float? clamp) -> (Tensor, Tensor)");
+  // Attention with softcap on CPU (fastgen/ops/_attention_blockwise.py), one fused pass per
+  // score tile. s: [R, N] contiguous raw scores x = q.k * scale / softcap of query rows
+  // i = i0 + r % rows against keys j = j0 + n; a key is hidden unless
+  // i + off - left <= j <= i + off + right (negative bound: unbounded).
+  // Forward: s := exp(softcap * tanh(x)) (0 where hidden); rowsum[r] += sum_n s[r, n].
+  m.def(
+      "softcap_probs_(Tensor(a!) s, Tensor(b!) rowsum, float softcap, int i0, int j0, int rows,"
+      " int off, int left, int right) -> ()");
+  // Backward: t = tanh(x), p = exp(softcap * t - lse[r]) (0 where hidden);
+  // s := p and dp := p * (dp - delta[r]) * (1 - t^2), the gradient of the capped score.
+  m.def(
+      "softcap_probs_bwd_(Tensor(a!) s, Tensor(b!) dp, Tensor lse, Tensor delta, float softcap,"
+      " int i0, int j0, int rows, int off, int left, int right) -> ()");
 }

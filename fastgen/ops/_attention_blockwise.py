@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import torch
 
+from .. import _ext
+
 __all__ = ["forward", "backward"]
 
 # Tiled strategy: scores per tile (B * Hq * bq * bk) ~ 256K floats = 1 MB, inside L2, with the
@@ -182,6 +184,11 @@ def _fused_backward(dout, q, k, v, out, lse, mask, qs, qe, ks, ke, off, scale, l
 
 # --- tiled: online softmax in tensor ops ---------------------------------------------------------
 
+def _fused_softcap() -> bool:
+    """csrc/cpu/attention.cpp's one-pass softcap tile kernels are built (else tensor ops)."""
+    return _ext.has_op("softcap_probs_")
+
+
 def _work_dtype(x):
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
@@ -210,6 +217,7 @@ class _Tile:
         self.softcap, self.off, self.left, self.right = softcap, off, left, right
         limit = _CAPPED_MAX_SOFTCAP * (8 if work == torch.float64 else 1)
         self.capped = mask is None and 0 < softcap <= limit
+        self.fused = self.capped and _fused_softcap()  # one C++ pass per tile
 
     def raw(self, i0, i1, j0, j1):
         return torch.matmul(self.q5[:, :, :, i0:i1], self.k5[:, :, :, j0:j1].transpose(-1, -2))
@@ -261,6 +269,12 @@ def _tiled_forward(q, k, v, out, lse, mask, qs, qe, ks, ke, off, scale, left, ri
         acc = torch.zeros(b, hkv, hq // hkv, i1 - i0, v.shape[-1], dtype=work)
         for j0 in range(lo, hi, bk):
             j1 = min(hi, j0 + bk)
+            if tile.fused:
+                p = tile.raw(i0, i1, j0, j1)
+                torch.ops.fastgen.softcap_probs_(p.view(-1, j1 - j0), denom.view(-1),
+                                                 softcap, i0, j0, i1 - i0, off, left, right)
+                acc.add_(torch.matmul(p, v5[:, :, :, j0:j1]))
+                continue
             if tile.capped:
                 p, _ = tile.capped_probs(i0, i1, j0, j1)
                 denom.add_(p.sum(dim=-1))
@@ -302,18 +316,26 @@ def _tiled_backward(dout, q, k, v, out, lse, mask, qs, qe, ks, ke, off, scale, l
         lo, hi = _key_range(i0, i1, lk, off, left, right)
         dq_acc = torch.zeros(b, hkv, hq // hkv, i1 - i0, q.shape[-1], dtype=work)
         do_b = do5[:, :, :, i0:i1]
+        lse_b = lse5[:, :, :, i0:i1].contiguous()
+        delta_b = delta[:, :, :, i0:i1].contiguous()
         for j0 in range(lo, hi, bk):
             j1 = min(hi, j0 + bk)
-            if tile.capped:
-                p, t = tile.capped_probs(i0, i1, j0, j1, lse5[:, :, :, i0:i1])
-            else:
-                s, t = tile.scores(i0, i1, j0, j1, need_t=True)
-                p = s.sub_(lse5[:, :, :, i0:i1].unsqueeze(-1)).exp_()
-            dv_acc[:, :, j0:j1] += torch.matmul(p.transpose(-1, -2), do_b).sum(2)
             dp = torch.matmul(do_b, v5[:, :, :, j0:j1].transpose(-1, -2))
-            ds = dp.sub_(delta[:, :, :, i0:i1].unsqueeze(-1)).mul_(p)
-            if t is not None:
-                ds.mul_(torch.addcmul(one, t, t, value=-1))  # softcap': 1 - tanh^2
+            if tile.fused:
+                p, ds = tile.raw(i0, i1, j0, j1), dp
+                torch.ops.fastgen.softcap_probs_bwd_(
+                    p.view(-1, j1 - j0), ds.view(-1, j1 - j0), lse_b.view(-1), delta_b.view(-1),
+                    softcap, i0, j0, i1 - i0, off, left, right)
+            else:
+                if tile.capped:
+                    p, t = tile.capped_probs(i0, i1, j0, j1, lse_b)
+                else:
+                    s, t = tile.scores(i0, i1, j0, j1, need_t=True)
+                    p = s.sub_(lse_b.unsqueeze(-1)).exp_()
+                ds = dp.sub_(delta_b.unsqueeze(-1)).mul_(p)
+                if t is not None:
+                    ds.mul_(torch.addcmul(one, t, t, value=-1))  # softcap': 1 - tanh^2
+            dv_acc[:, :, j0:j1] += torch.matmul(p.transpose(-1, -2), do_b).sum(2)
             dq_acc += torch.matmul(ds, k5[:, :, :, j0:j1])
             dk_acc[:, :, j0:j1] += torch.matmul(ds.transpose(-1, -2),
                                                 q5[:, :, :, i0:i1]).sum(2)

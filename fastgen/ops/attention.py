@@ -39,7 +39,7 @@ from typing import Optional
 
 import torch
 
-from .. import registry
+from .. import _ext, registry
 from ..reference.attention import attention as _reference
 from . import _attention_blockwise as _blockwise
 
@@ -411,6 +411,18 @@ def _triton_impl():
 
     return attention
 
+
+def _fake_softcap_probs(s, rowsum, softcap, i0, j0, rows, off, left, right):
+    return None
+
+
+def _fake_softcap_probs_bwd(s, dp, lse, delta, softcap, i0, j0, rows, off, left, right):
+    return None
+
+
+if _ext.has_op("softcap_probs_"):  # csrc/cpu/attention.cpp: in-place, so no autograd
+    torch.library.register_fake("fastgen::softcap_probs_")(_fake_softcap_probs)
+    torch.library.register_fake("fastgen::softcap_probs_bwd_")(_fake_softcap_probs_bwd)
 
 _declare("triton", _triton_impl)
 _declare("cpu", lambda: _blockwise)

@@ -86,12 +86,34 @@ def _attention_bwd_samples(device) -> list[tuple]:
     return out
 
 
+def _softcap_probs_samples(device) -> list[tuple]:
+    out = []
+    for dtype, (r, n), window in ((torch.float32, (12, 37), (0, 5, 4, 3, -1, 0)),
+                                  (torch.float64, (8, 16), (3, 0, 8, 0, 2, 2)),
+                                  (torch.float32, (6, 9), (0, 0, 6, 0, -1, -1))):
+        s = make_tensor((r, n), dtype, device)
+        out.append((s, torch.zeros(r, dtype=dtype, device=device), 7.5, *window))
+    return out
+
+
+def _softcap_probs_bwd_samples(device) -> list[tuple]:
+    out = []
+    for s, _rowsum, cap, *window in _softcap_probs_samples(device):
+        r = s.shape[0]
+        out.append((s, make_tensor(s.shape, s.dtype, device),
+                    make_tensor((r,), s.dtype, device, offset=8.0),
+                    make_tensor((r,), s.dtype, device), cap, *window))
+    return out
+
+
 OPCHECK_SAMPLES: dict[str, tuple[str, str, Callable[[str], list[tuple]]]] = {
     "fastgen::bias_act": ("bias_act", "cpu", _bias_act_fwd_samples),
     "fastgen::bias_act_bwd": ("bias_act", "cpu", _bias_act_bwd_samples),
     "fastgen::bias_act_triton": ("bias_act", "triton", _bias_act_fwd_samples),
     "fastgen::bias_act_bwd_triton": ("bias_act", "triton", _bias_act_bwd_samples),
     "fastgen::attention_fwd_cpu": ("attention", "cpu", _attention_fwd_samples),
+    "fastgen::softcap_probs_": ("attention", "cpu", _softcap_probs_samples),
+    "fastgen::softcap_probs_bwd_": ("attention", "cpu", _softcap_probs_bwd_samples),
     "fastgen::attention_bwd_cpu": ("attention", "cpu", _attention_bwd_samples),
     "fastgen::attention_fwd_triton": ("attention", "triton", _attention_fwd_samples),
     "fastgen::attention_bwd_triton": ("attention", "triton", _attention_bwd_samples),

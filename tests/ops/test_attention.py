@@ -335,6 +335,27 @@ def test_reference_sdpa_matches_torch_in_float64(gen):
                      atol=1e-12, rtol=1e-12)
 
 
+@pytest.mark.parametrize("kw", [dict(softcap=4.0, causal=True), dict(softcap=9.0, window=(5, 2))])
+def test_softcap_tile_kernel_matches_tensor_ops(monkeypatch, kw, gen):
+    """csrc/cpu/attention.cpp's one-pass softcap tiles against the same math in tensor ops."""
+    from fastgen.ops import _attention_blockwise as blockwise
+
+    if not blockwise._fused_softcap():
+        pytest.skip("extension not built")
+    q, k, v = _qkv(2, 37, 45, 4, 2, 24, 24, torch.float32, "cpu", gen)
+    for t in (q, k, v):
+        t.requires_grad_()
+
+    def run():
+        out, lse = flash_attention(q, k, v, return_lse=True, backend="cpu", **kw)
+        return (out, lse, *torch.autograd.grad(out, (q, k, v), torch.ones_like(out)))
+
+    fused = run()
+    monkeypatch.setattr(blockwise, "_fused_softcap", lambda: False)
+    for a, e in zip(fused, run()):
+        assert_close(a, e, atol=2e-6, rtol=1e-5)
+
+
 def test_gradcheck_float64_cpu(gen):
     q, k, v = _qkv(1, 6, 7, 4, 2, 8, 8, torch.float64, "cpu", gen)
     for t in (q, k, v):
