@@ -92,7 +92,7 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
         mask = _check_mask(name, attn_mask, query, (*lead, q.shape[1], q.shape[2], k.shape[2]))
     out, _ = _dispatch(q, k, v, mask, None, None, q.shape[2], k.shape[2], scale, -1,
                        0 if is_causal else -1, False, 0.0, float(dropout_p), False, backend)
-    return out.reshape(*query.shape[:-1], value.shape[-1])
+    return out if query.ndim == 4 else out.reshape(*query.shape[:-1], value.shape[-1])
 
 
 def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
@@ -167,6 +167,8 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal
 def _as_bhld(t):
     """[..., H, L, E] -> [B, H, L, E] (a view when the batch dims merge); [L, E] -> [1, 1, L, E].
     The batch size is spelled out: reshape(-1, ...) is ambiguous when a dimension is 0."""
+    if t.ndim == 4:
+        return t
     if t.ndim < 3:
         return t[None, None]
     return t.reshape(math.prod(t.shape[:-3]), *t.shape[-3:])
