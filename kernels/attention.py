@@ -311,12 +311,14 @@ def _blocks(q: torch.Tensor, d: int, dv: int) -> tuple[int, int, int, int, int]:
     bdv = max(16, triton.next_power_of_2(dv))
     if not q.is_cuda:
         return 32, 32, bd, bdv, 4
+    # fp32 tiles take twice the shared memory of fp16/bf16 ones: half the rows.
+    shrink = 2 if q.dtype == torch.float32 else 1
     widest = max(bd, bdv)
     if widest <= 64:
-        return 128, 64, bd, bdv, 4
+        return 128 // shrink, 64, bd, bdv, 4
     if widest <= 128:
-        return 128, 64, bd, bdv, 8
-    return 64, 32, bd, bdv, 8
+        return 128 // shrink, 64, bd, bdv, 8
+    return 64 // shrink, 32, bd, bdv, 8
 
 
 def _common(q, k, v, mask, cu_q, max_q, max_k, scale, left, right, bottom_right, softcap):
@@ -374,6 +376,9 @@ def backward(dout, q, k, v, out, lse, mask, cu_q, cu_k, max_q, max_k, scale, lef
         dk.zero_()
         dv.zero_()
         return  # every element is written below otherwise: each row and key has a program
+    # Each backward step streams two operand tiles (q and dO, or k and v): two pipeline stages
+    # keep them within shared memory for head dims up to 256 (unmeasured on a GPU so far).
+    stages = 2 if q.is_cuda else 1
     lse = lse.contiguous()
     delta = (dout.float() * out.float()).sum(-1).contiguous()  # [B, Hq, Lq], lse's strides
     bm, bn, bd, bdv, warps = _blocks(q, d, v.shape[-1])
@@ -386,10 +391,10 @@ def backward(dout, q, k, v, out, lse, mask, cu_q, cu_k, max_q, max_k, scale, lef
             *v.stride(), *dout.stride(), *common, *dk.stride(), *dv.stride(), *ms, hkv,
             h // hkv, q.shape[2], k.shape[2], d, v.shape[-1], scale2, float(softcap), int(left),
             int(right), triton.cdiv(lk, bn), **meta, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd,
-            BLOCK_DV=bdv, num_warps=warps)
+            BLOCK_DV=bdv, num_warps=warps, num_stages=stages)
         _attention_bwd_dq_kernel[(triton.cdiv(lq, bm) * nb * h,)](
             q, k, v, dout, lse, delta, dq, m, cu_q_, cu_k_, *q.stride(), *k.stride(),
             *v.stride(), *dout.stride(), *common, *dq.stride(), *ms, h, h // hkv, q.shape[2],
             k.shape[2], d, v.shape[-1], scale2, float(softcap), int(left), int(right),
             triton.cdiv(lq, bm), **meta, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, BLOCK_DV=bdv,
-            num_warps=warps)
+            num_warps=warps, num_stages=stages)

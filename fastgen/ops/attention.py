@@ -74,11 +74,14 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
     name = "scaled_dot_product_attention"
     for arg, t in (("query", query), ("key", key), ("value", value)):
         _check_tensor(name, arg, t, query, min_ndim=2)
-    if not (query.shape[:-3] == key.shape[:-3] == value.shape[:-3]):
-        raise ValueError(f"{name}: query, key and value must have the same batch dims, got "
+    try:  # batch dims broadcast, as in torch's SDPA (e.g. learned queries with batch 1)
+        lead = torch.broadcast_shapes(query.shape[:-3], key.shape[:-3], value.shape[:-3])
+    except RuntimeError:
+        raise ValueError(f"{name}: the batch dims of query, key and value must broadcast, got "
                          f"{list(query.shape[:-3])}, {list(key.shape[:-3])}, "
-                         f"{list(value.shape[:-3])}")
-    lead = query.shape[:-3]
+                         f"{list(value.shape[:-3])}") from None
+    if min(query.ndim, key.ndim, value.ndim) >= 3:
+        query, key, value = (t.expand(*lead, *t.shape[-3:]) for t in (query, key, value))
     q, k, v = (_as_bhld(t) for t in (query, key, value))
     _check_heads(name, q, k, v, "query", "key", "value", enable_gqa)
     if not isinstance(dropout_p, numbers.Real) or not 0 <= dropout_p < 1:
@@ -154,7 +157,10 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal
     if (not isinstance(softcap, numbers.Real) or not math.isfinite(softcap) or softcap < 0):
         raise ValueError(f"{name}: softcap must be a finite number >= 0, got {softcap!r}")
     scale = _check_scale(name, scale, q4.shape[-1])
-    left, right = int(window[0]), (0 if causal else int(window[1]))
+    # A bound past every key is no bound (and must not overflow the kernels' index arithmetic).
+    reach = max_q + max_k
+    left, right = (int(w) if w <= reach else -1 for w in window)
+    right = 0 if causal else right
     out, lse = _dispatch(q4, k4, v4, None, cu_seqlens_q, cu_seqlens_k, max_q, max_k, scale, left,
                          right, True, float(softcap), 0.0, return_lse, backend)
     # [B, L, H, Dv] memory (the layout FlashAttention returns) also where torch's SDPA ran.
@@ -226,9 +232,10 @@ def _check_mask(fn, mask, query, full_shape):
     if not isinstance(mask, torch.Tensor):
         raise TypeError(f"{fn}: attn_mask must be a torch.Tensor or None, got "
                         f"{type(mask).__name__}")
+    if mask.dtype != torch.bool and not mask.is_floating_point():
+        raise TypeError(f"{fn}: attn_mask must be bool or floating point, got {mask.dtype}")
     if mask.dtype != torch.bool and mask.dtype != query.dtype:
-        raise TypeError(f"{fn}: attn_mask must be bool or the query's dtype {query.dtype}, got "
-                        f"{mask.dtype}")
+        mask = mask.to(query.dtype)  # torch's SDPA adds it in the query's dtype too
     if mask.device != query.device:
         raise ValueError(f"{fn}: attn_mask is on {mask.device} but the query is on "
                          f"{query.device}")
@@ -325,7 +332,13 @@ def _check_triton(q, k, v, mask, cu_q, cu_k, max_q, max_k, scale, left, right, b
         return f"head dims above {MAX_HEAD_DIM} are not supported"
     if dropout_p > 0:
         return "no dropout (pass dropout_p=0, or backend='reference')"
+    if any(_max_offset(t) >= 2**31 for t in (q, k, v, mask) if t is not None):
+        return "tensors spanning 2**31 elements or more (the kernels index with int32)"
     return _mask_grad_reason(mask)
+
+
+def _max_offset(t: torch.Tensor) -> int:
+    return sum((n - 1) * abs(st) for n, st in zip(t.shape, t.stride())) if t.numel() else 0
 
 
 def _check_cpu(q, k, v, mask, cu_q, cu_k, max_q, max_k, scale, left, right, bottom_right,

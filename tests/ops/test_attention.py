@@ -316,6 +316,26 @@ def test_sdpa_zero_length_sequences(device, backend):
         assert out.shape == (2, 4, lq, 8) and torch.equal(out, torch.zeros_like(out))
 
 
+@pytest.mark.parametrize("device,backend", CASES)
+def test_sdpa_broadcasts_batch_dims_and_casts_float_masks(device, backend, gen):
+    q = make_tensor((1, 2, 3, 8), torch.float32, device, generator=gen)
+    k = make_tensor((4, 2, 5, 8), torch.float32, device, generator=gen)
+    mask = make_tensor((3, 5), torch.float64, device, generator=gen)
+    out = scaled_dot_product_attention(q, k, k, mask, backend=backend)
+    want = F.scaled_dot_product_attention(q, k, k, mask.float())
+    assert out.shape == (4, 2, 3, 8)
+    assert_close(out, want, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("device,backend", CASES)
+def test_window_beyond_every_key_is_unbounded(device, backend, gen):
+    q, k, v = _qkv(1, 7, 9, 2, 2, 16, 16, torch.float32, device, gen)
+    want = flash_attention(q, k, v, causal=True, backend=backend)
+    for window in ((2**63 - 1, 2**63 - 1), (2**70, 5), (16, 16)):
+        got = flash_attention(q, k, v, causal=True, window=window, backend=backend)
+        assert_close(got, want, atol=0, rtol=0)
+
+
 def test_alignment_examples_from_the_flashattention_docs():
     rows = lambda m: ["".join("1" if x else "0" for x in r) for r in m.tolist()]  # noqa: E731
     assert rows(R.visible(2, 5, -1, 0, bottom_right=True)) == ["11110", "11111"]
@@ -443,12 +463,12 @@ BAD = [
     (lambda: scaled_dot_product_attention(_t(1, 2, 4, 16), _t(1, 2, 5, 16), _t(1, 2, 5, 16),
                                           _t(4, 5), is_causal=True), ValueError, "not both"),
     (lambda: scaled_dot_product_attention(_t(1, 2, 4, 16), _t(1, 2, 5, 16), _t(1, 2, 5, 16),
-                                          _t(4, 5).double()), TypeError, "attn_mask"),
+                                          _t(4, 5).int()), TypeError, "attn_mask"),
     (lambda: scaled_dot_product_attention(_t(1, 2, 4, 16), _t(1, 2, 5, 16), _t(1, 2, 5, 16),
                                           dropout_p=1.5), ValueError, "dropout_p"),
     (lambda: scaled_dot_product_attention(_t(1, 2, 4, 16), _t(1, 2, 5, 16), _t(1, 2, 5, 16),
                                           scale=float("nan")), ValueError, "scale"),
-    (lambda: scaled_dot_product_attention(_t(2, 2, 4, 16), _t(1, 2, 5, 16), _t(1, 2, 5, 16)),
+    (lambda: scaled_dot_product_attention(_t(2, 2, 4, 16), _t(3, 2, 5, 16), _t(3, 2, 5, 16)),
      ValueError, "batch dims"),
 ]
 
