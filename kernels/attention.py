@@ -72,12 +72,45 @@ def _scores(q, k, offs_m, cols, lk, off, scale2, softcap, left, right, mask_ptrs
 
 
 @triton.jit
-def _seq_bounds(CuQ, CuK, b, LQ, LK, VARLEN: tl.constexpr):
-    if VARLEN:
+def _program(CuQ, CuK, NBLK, H, LQ, LK, BOTTOM_RIGHT: tl.constexpr, VARLEN: tl.constexpr):
+    """This program's (block, batch b, head h, batch index into the tensors bt, first query row
+    q0, query length lq, first key row k0, key length lk, diagonal offset off). The grid is 1-D
+    (no 65535 cap on batch * heads), block-major within each (batch, head)."""
+    blk = tl.program_id(0) % NBLK
+    pid_bh = tl.program_id(0) // NBLK
+    b = pid_bh // H
+    h = pid_bh % H
+    if VARLEN:  # one packed batch (bt = 0); each sequence starts at its cu_seqlens offset
         q0 = tl.load(CuQ + b)
         k0 = tl.load(CuK + b)
-        return q0, tl.load(CuQ + b + 1) - q0, k0, tl.load(CuK + b + 1) - k0
-    return 0, LQ, 0, LK
+        lq = tl.load(CuQ + b + 1) - q0
+        lk = tl.load(CuK + b + 1) - k0
+        bt = 0
+    else:
+        q0 = 0
+        k0 = 0
+        lq = LQ
+        lk = LK
+        bt = b
+    off = 0
+    if BOTTOM_RIGHT:
+        off = lk - lq
+    return blk, b, h, bt, q0, lq, k0, lk, off
+
+
+@triton.jit
+def _key_bounds(start_m, lk, off, left, right, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Keys [lo, hi) any query of the block [start_m, start_m + BLOCK_M) can see; lo is
+    BLOCK_N-aligned."""
+    lo = 0
+    hi = lk
+    if HAS_LEFT:
+        lo = tl.maximum(start_m + off - left, 0)
+        lo = (lo // BLOCK_N) * BLOCK_N
+    if HAS_RIGHT:
+        hi = tl.minimum(start_m + BLOCK_M + off + right, lk)
+    return lo, hi
 
 
 @triton.jit
@@ -91,21 +124,12 @@ def _attention_fwd_kernel(
         UPCAST: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
         BLOCK_DV: tl.constexpr):
-    pid_m = tl.program_id(0) % NBLK  # 1-D grid: no 65535 cap on batch * heads
-    pid_bh = tl.program_id(0) // NBLK
-    b = pid_bh // H
-    h = pid_bh % H
+    pid_m, b, h, bt, q0, lq, k0, lk, off = _program(CuQ, CuK, NBLK, H, LQ, LK, BOTTOM_RIGHT,
+                                                     VARLEN)
     hk = h // GROUP
-    q0, lq, k0, lk = _seq_bounds(CuQ, CuK, b, LQ, LK, VARLEN)
     start_m = pid_m * BLOCK_M
     if start_m >= lq:
         return
-    bt = b
-    if VARLEN:
-        bt = 0
-    off = 0
-    if BOTTOM_RIGHT:
-        off = lk - lq
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -117,13 +141,7 @@ def _attention_fwd_kernel(
     v_base = V + bt * svb + hk * svh
     m_base = Mask + b * smb + h * smh + offs_m[:, None] * smm
 
-    lo = 0
-    hi = lk
-    if HAS_LEFT:
-        lo = tl.maximum(start_m + off - left, 0)
-        lo = (lo // BLOCK_N) * BLOCK_N
-    if HAS_RIGHT:
-        hi = tl.minimum(start_m + BLOCK_M + off + right, lk)
+    lo, hi = _key_bounds(start_m, lk, off, left, right, HAS_LEFT, HAS_RIGHT, BLOCK_M, BLOCK_N)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
@@ -165,20 +183,11 @@ def _attention_bwd_dkdv_kernel(
         UPCAST: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
         BLOCK_DV: tl.constexpr):
-    pid_n = tl.program_id(0) % NBLK  # 1-D grid: no 65535 cap on batch * heads
-    pid_bh = tl.program_id(0) // NBLK
-    b = pid_bh // HKV
-    hk = pid_bh % HKV
-    q0, lq, k0, lk = _seq_bounds(CuQ, CuK, b, LQ, LK, VARLEN)
+    pid_n, b, hk, bt, q0, lq, k0, lk, off = _program(CuQ, CuK, NBLK, HKV, LQ, LK, BOTTOM_RIGHT,
+                                                      VARLEN)
     start_n = pid_n * BLOCK_N
     if start_n >= lk:
         return
-    bt = b
-    if VARLEN:
-        bt = 0
-    off = 0
-    if BOTTOM_RIGHT:
-        off = lk - lq
     cols = start_n + tl.arange(0, BLOCK_N)
     col_ok = cols < lk
     offs_d = tl.arange(0, BLOCK_D)
@@ -242,21 +251,12 @@ def _attention_bwd_dq_kernel(
         UPCAST: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
         BLOCK_DV: tl.constexpr):
-    pid_m = tl.program_id(0) % NBLK  # 1-D grid: no 65535 cap on batch * heads
-    pid_bh = tl.program_id(0) // NBLK
-    b = pid_bh // H
-    h = pid_bh % H
+    pid_m, b, h, bt, q0, lq, k0, lk, off = _program(CuQ, CuK, NBLK, H, LQ, LK, BOTTOM_RIGHT,
+                                                     VARLEN)
     hk = h // GROUP
-    q0, lq, k0, lk = _seq_bounds(CuQ, CuK, b, LQ, LK, VARLEN)
     start_m = pid_m * BLOCK_M
     if start_m >= lq:
         return
-    bt = b
-    if VARLEN:
-        bt = 0
-    off = 0
-    if BOTTOM_RIGHT:
-        off = lk - lq
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -273,13 +273,7 @@ def _attention_bwd_dq_kernel(
     k_base = K + bt * skb + hk * skh
     v_base = V + bt * svb + hk * svh
     m_base = Mask + b * smb + h * smh + offs_m[:, None] * smm
-    lo = 0
-    hi = lk
-    if HAS_LEFT:
-        lo = tl.maximum(start_m + off - left, 0)
-        lo = (lo // BLOCK_N) * BLOCK_N
-    if HAS_RIGHT:
-        hi = tl.minimum(start_m + BLOCK_M + off + right, lk)
+    lo, hi = _key_bounds(start_m, lk, off, left, right, HAS_LEFT, HAS_RIGHT, BLOCK_M, BLOCK_N)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n

@@ -49,7 +49,8 @@ void softcap_probs_cpu(at::Tensor s, at::Tensor rowsum, double softcap, int64_t 
                        int64_t rows, int64_t off, int64_t left, int64_t right) {
   check_tile(s, "softcap_probs_");
   check_rows(rowsum, s, "softcap_probs_", "rowsum");
-  TORCH_CHECK(rows >= 1 && softcap > 0, "fastgen::softcap_probs_: rows >= 1 and softcap > 0");
+  TORCH_CHECK(rows >= 1 && softcap > 0, "fastgen::softcap_probs_: expected rows >= 1 and "
+              "softcap > 0, got rows=", rows, " softcap=", softcap);
   const Window w{i0, j0, rows, off, left, right};
   const int64_t nrows = s.size(0), n = s.size(1);
   AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "softcap_probs_", [&] {
@@ -93,10 +94,12 @@ void softcap_probs_bwd_cpu(at::Tensor s, at::Tensor dp, const at::Tensor& lse,
   check_tile(s, "softcap_probs_bwd_");
   check_tile(dp, "softcap_probs_bwd_");
   TORCH_CHECK(dp.sizes() == s.sizes() && dp.scalar_type() == s.scalar_type(),
-              "fastgen::softcap_probs_bwd_: dp must match s");
+              "fastgen::softcap_probs_bwd_: dp must have s's shape ", s.sizes(), " and dtype ",
+              s.scalar_type(), ", got ", dp.sizes(), " ", dp.scalar_type());
   check_rows(lse, s, "softcap_probs_bwd_", "lse");
   check_rows(delta, s, "softcap_probs_bwd_", "delta");
-  TORCH_CHECK(rows >= 1 && softcap > 0, "fastgen::softcap_probs_bwd_: rows >= 1 and softcap > 0");
+  TORCH_CHECK(rows >= 1 && softcap > 0, "fastgen::softcap_probs_bwd_: expected rows >= 1 and "
+              "softcap > 0, got rows=", rows, " softcap=", softcap);
   const Window w{i0, j0, rows, off, left, right};
   const int64_t nrows = s.size(0), n = s.size(1);
   AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "softcap_probs_bwd_", [&] {

@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 
 from .. import _ext
+from ..reference.attention import lse_dtype
 
 __all__ = ["forward", "backward"]
 
@@ -58,14 +59,17 @@ def _key_range(i0, i1, lk, off, left, right):
 
 def _hidden(i0, i1, j0, j1, off, left, right):
     """Bool [i1 - i0, j1 - j0], True where the window/causal bound hides a key; None if none."""
-    hide = None
-    if right >= 0 and j1 - 1 > i0 + off + right:
-        i = torch.arange(i0, i1).unsqueeze(1) + off
-        hide = torch.arange(j0, j1).unsqueeze(0) > i + right
-    if left >= 0 and j0 < i1 - 1 + off - left:
-        i = torch.arange(i0, i1).unsqueeze(1) + off
-        low = torch.arange(j0, j1).unsqueeze(0) < i - left
-        hide = low if hide is None else hide | low
+    cut_right = right >= 0 and j1 - 1 > i0 + off + right
+    cut_left = left >= 0 and j0 < i1 - 1 + off - left
+    if not (cut_right or cut_left):
+        return None
+    diag = torch.arange(i0, i1).unsqueeze(1) + off
+    j = torch.arange(j0, j1).unsqueeze(0)
+    hide = torch.zeros(i1 - i0, j1 - j0, dtype=torch.bool)
+    if cut_right:
+        hide |= j > diag + right
+    if cut_left:
+        hide |= j < diag - left
     return hide
 
 
@@ -163,7 +167,7 @@ def _fused_forward(q, k, v, out, lse, mask, qs, qe, ks, ke, off, scale, left, ri
 def _fused_backward(dout, q, k, v, out, lse, mask, qs, qe, ks, ke, off, scale, left, right,
                     softcap, dq, dk, dv):
     g = q.shape[1] // k.shape[1]
-    work = torch.float64 if q.dtype == torch.float64 else torch.float32
+    work = lse_dtype(q.dtype)
     dk_acc = torch.zeros(k.shape[0], k.shape[1], ke - ks, k.shape[3], dtype=work)
     dv_acc = torch.zeros(v.shape[0], v.shape[1], ke - ks, v.shape[3], dtype=work)
     for i0, i1, lo, hi, causal, hide in _pieces(qe - qs, ke - ks, off, left, right,
@@ -187,10 +191,6 @@ def _fused_backward(dout, q, k, v, out, lse, mask, qs, qe, ks, ke, off, scale, l
 def _fused_softcap() -> bool:
     """csrc/cpu/attention.cpp's one-pass softcap tile kernels are built (else tensor ops)."""
     return _ext.has_op("softcap_probs_")
-
-
-def _work_dtype(x):
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def _plan(b, hq, lq, lk):
@@ -253,7 +253,7 @@ class _Tile:
 
 
 def _tiled_forward(q, k, v, out, lse, mask, qs, qe, ks, ke, off, scale, left, right, softcap):
-    work = _work_dtype(q)
+    work = lse_dtype(q.dtype)
     b, hq, hkv = q.shape[0], q.shape[1], k.shape[1]
     lq, lk = qe - qs, ke - ks
     tile = _Tile(q, k, mask, qs, ks, qe, ke, scale, softcap, off, left, right, work)
@@ -297,7 +297,7 @@ def _tiled_forward(q, k, v, out, lse, mask, qs, qe, ks, ke, off, scale, left, ri
 
 def _tiled_backward(dout, q, k, v, out, lse, mask, qs, qe, ks, ke, off, scale, left, right,
                     softcap, dq, dk, dv):
-    work = _work_dtype(q)
+    work = lse_dtype(q.dtype)
     b, hq, hkv = q.shape[0], q.shape[1], k.shape[1]
     lq, lk = qe - qs, ke - ks
     tile = _Tile(q, k, mask, qs, ks, qe, ke, scale, softcap, off, left, right, work)

@@ -41,6 +41,7 @@ import torch
 
 from .. import _ext, registry
 from ..reference.attention import attention as _reference
+from ..reference.attention import lse_dtype
 from . import _attention_blockwise as _blockwise
 
 __all__ = ["scaled_dot_product_attention", "flash_attention", "MAX_HEAD_DIM"]
@@ -286,7 +287,7 @@ def _dispatch(q, k, v, mask, cu_q, cu_k, max_q, max_k, scale, left, right, botto
     return _OP.select(q.device.type, args, backend).fn(*args)
 
 
-def sdpa_covers(q, k, mask, cu_q, left, right, bottom_right, softcap) -> bool:
+def _sdpa_covers(q, k, mask, cu_q, left, right, bottom_right, softcap) -> bool:
     """Whether torch's own SDPA computes exactly this call (top-left causal or none, no window,
     softcap or packed sequences, and not a mask together with causal)."""
     causal = right == 0
@@ -297,7 +298,7 @@ def sdpa_covers(q, k, mask, cu_q, left, right, bottom_right, softcap) -> bool:
 
 def _run_cpu(q, k, v, mask, cu_q, cu_k, max_q, max_k, scale, left, right, bottom_right, softcap,
              dropout_p, need_lse):
-    if not need_lse and sdpa_covers(q, k, mask, cu_q, left, right, bottom_right, softcap):
+    if not need_lse and _sdpa_covers(q, k, mask, cu_q, left, right, bottom_right, softcap):
         out = torch.nn.functional.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=right == 0, scale=scale,
             enable_gqa=q.shape[1] != k.shape[1])
@@ -343,7 +344,7 @@ def _max_offset(t: torch.Tensor) -> int:
 
 def _check_cpu(q, k, v, mask, cu_q, cu_k, max_q, max_k, scale, left, right, bottom_right,
                softcap, dropout_p, need_lse):
-    if sdpa_covers(q, k, mask, cu_q, left, right, bottom_right, softcap) and not need_lse:
+    if _sdpa_covers(q, k, mask, cu_q, left, right, bottom_right, softcap) and not need_lse:
         return None  # torch's SDPA runs it, dropout and mask gradients included
     if dropout_p > 0:
         return "dropout only where torch's SDPA covers the call (no window, softcap or varlen)"
@@ -359,11 +360,6 @@ def out_like(q: torch.Tensor, dv: int) -> torch.Tensor:
     if q.stride(1) < q.stride(2):
         return q.new_empty(b, lq, h, dv).transpose(1, 2)
     return q.new_empty(b, h, lq, dv)
-
-
-def lse_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float32, or float64 for float64 inputs (so float64 gradients stay float64-exact)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _fake_fwd(q, k, v, mask, cu_q, cu_k, max_q, max_k, scale, left, right, bottom_right, softcap):

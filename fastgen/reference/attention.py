@@ -29,7 +29,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["attention", "visible", "sdpa", "flash_attention"]
+__all__ = ["attention", "visible", "sdpa", "flash_attention", "lse_dtype"]
 
 
 def visible(lq: int, lk: int, window_left: int = -1, window_right: int = -1,
@@ -46,8 +46,10 @@ def visible(lq: int, lk: int, window_left: int = -1, window_right: int = -1,
     return keep
 
 
-def _lse_dtype(q):
-    return torch.float64 if q.dtype == torch.float64 else torch.float32
+def lse_dtype(dtype: torch.dtype) -> torch.dtype:
+    """dtype of lse (and of fastgen's CPU accumulation): float32, or float64 for float64 inputs
+    (so float64 gradients stay float64-exact)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _dense(q, k, v, mask, scale, window_left, window_right, bottom_right, softcap, dropout_p,
@@ -73,7 +75,7 @@ def _dense(q, k, v, mask, scale, window_left, window_right, bottom_right, softca
     if dropout_p > 0:
         keep_p = torch.rand(p.shape, generator=generator, device=p.device) >= dropout_p
         p = p * keep_p / (1 - dropout_p)
-    return torch.matmul(p.to(v.dtype), v), lse.to(_lse_dtype(q))
+    return torch.matmul(p.to(v.dtype), v), lse.to(lse_dtype(q.dtype))
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
@@ -111,7 +113,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[
         outs.append(o)
         lses.append(lse)
     out = torch.cat(outs, dim=2) if outs else q.new_empty(*q.shape[:3], v.shape[-1])
-    lse = torch.cat(lses, dim=2) if lses else q.new_empty(q.shape[:3], dtype=_lse_dtype(q))
+    lse = torch.cat(lses, dim=2) if lses else q.new_empty(q.shape[:3], dtype=lse_dtype(q.dtype))
     return out, lse
 
 
