@@ -30,4 +30,24 @@ TORCH_LIBRARY(fastgen, m) {
   m.def(
       "softcap_probs_bwd_(Tensor(a!) s, Tensor(b!) dp, Tensor lse, Tensor delta, float softcap,"
       " int i0, int j0, int rows, int off, int left, int right) -> ()");
+  // Multiresolution hash-grid encoding (fastgen/ops/hashgrid.py; math in csrc/common/hashgrid.h).
+  // x: [N, D] float32 (float64 with float64 params), D in {2, 3, 4}, clamped to [0, 1];
+  // params: [offsets[L] * F] table entries of F features, level after level (tcnn's layout);
+  // offsets: L + 1 running entry counts; scales: per-level float32 scale; interpolation:
+  // 0 Nearest, 1 Linear, 2 Smoothstep; use_hash: Hash grid type (else Dense/Tiled wrap).
+  // Output [N, L * F] in params' dtype, level-major.
+  m.def(
+      "hashgrid_fwd(Tensor x, Tensor params, int[] offsets, float[] scales, int F,"
+      " int interpolation, bool use_hash) -> Tensor");
+  // (grad_params, grad_x); each is empty ([0]) unless asked for. grad_params accumulates in
+  // float32 (float64 for float64 params) and is returned in params' dtype.
+  m.def(
+      "hashgrid_bwd(Tensor grad_out, Tensor x, Tensor params, int[] offsets, float[] scales,"
+      " int F, int interpolation, bool use_hash, bool need_params_grad, bool need_x_grad)"
+      " -> (Tensor, Tensor)");
+  // One level's corners: (index [N, C] int64 global table entries, weight [N, C] x's dtype),
+  // C = 2^D (1 for Nearest); NaN points get weight 0. Used by the deterministic backward.
+  m.def(
+      "hashgrid_corners(Tensor x, int[] offsets, float[] scales, int level, int interpolation,"
+      " bool use_hash) -> (Tensor, Tensor)");
 }

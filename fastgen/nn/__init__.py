@@ -2,5 +2,6 @@
 
 from .attention import MultiheadAttention
 from .bias_act import BiasAct
+from .hashgrid import HashGridEncoding
 
-__all__ = ["BiasAct", "MultiheadAttention"]
+__all__ = ["BiasAct", "HashGridEncoding", "MultiheadAttention"]

@@ -106,6 +106,39 @@ def _softcap_probs_bwd_samples(device) -> list[tuple]:
     return out
 
 
+def _hashgrid_configs(device) -> list[tuple]:
+    """(x, params, offsets, scales, F, interpolation, use_hash): dense + hashed levels, 2-4 dims,
+    every interpolation, float32 and float64, an empty batch."""
+    from ..ops.hashgrid import _op_args, config
+
+    out = []
+    for D, F, interp, gtype, dtype, n in ((3, 2, "Linear", "Hash", torch.float32, 37),
+                                          (2, 1, "Smoothstep", "Hash", torch.float64, 9),
+                                          (4, 4, "Nearest", "Dense", torch.float32, 5),
+                                          (3, 8, "Linear", "Tiled", torch.float32, 0)):
+        cfg = config(D, 3, F, 7, 3, 1.8, interp, gtype)
+        x = torch.rand(n, D, dtype=dtype, device=device).requires_grad_()
+        params = make_tensor((cfg.n_params,), dtype, device, requires_grad=True)
+        out.append((x, params, *_op_args(cfg)))
+    return out
+
+
+def _hashgrid_bwd_samples(device) -> list[tuple]:
+    out = []
+    for x, params, offsets, scales, F, interp, use_hash in _hashgrid_configs(device):
+        g = make_tensor((x.shape[0], len(scales) * F), params.dtype, device)
+        for need_p, need_x in ((True, True), (True, False), (False, True)):
+            out.append((g, x.detach(), params.detach(), offsets, scales, F, interp, use_hash,
+                        need_p, need_x))
+    return out
+
+
+def _hashgrid_corners_samples(device) -> list[tuple]:
+    return [(x.detach(), offsets, scales, level, interp, use_hash)
+            for x, _p, offsets, scales, _F, interp, use_hash in _hashgrid_configs(device)
+            for level in (0, len(scales) - 1)]
+
+
 OPCHECK_SAMPLES: dict[str, tuple[str, str, Callable[[str], list[tuple]]]] = {
     "fastgen::bias_act": ("bias_act", "cpu", _bias_act_fwd_samples),
     "fastgen::bias_act_bwd": ("bias_act", "cpu", _bias_act_bwd_samples),
@@ -117,4 +150,7 @@ OPCHECK_SAMPLES: dict[str, tuple[str, str, Callable[[str], list[tuple]]]] = {
     "fastgen::attention_bwd_cpu": ("attention", "cpu", _attention_bwd_samples),
     "fastgen::attention_fwd_triton": ("attention", "triton", _attention_fwd_samples),
     "fastgen::attention_bwd_triton": ("attention", "triton", _attention_bwd_samples),
+    "fastgen::hashgrid_fwd": ("hashgrid", "cpu", _hashgrid_configs),
+    "fastgen::hashgrid_bwd": ("hashgrid", "cpu", _hashgrid_bwd_samples),
+    "fastgen::hashgrid_corners": ("hashgrid", "cpu", _hashgrid_corners_samples),
 }
