@@ -29,6 +29,14 @@ timeout 150 $py -m fastgen bench --device cuda --full --filter attention --no-pr
   --repeats 10 --json "$out/bench_attention.json" > "$out/bench_attention.txt" 2>&1
 cat "$out/bench_attention.txt"
 
+# Hash grid: CUDA vs CPU, fp16, deterministic mode, then its figures.
+timeout 120 $py -m pytest -q -p no:cacheprovider tests/ops/test_hashgrid.py \
+  > "$out/tests_hashgrid.txt" 2>&1
+tail -5 "$out/tests_hashgrid.txt"
+timeout 90 $py -m fastgen bench --device cuda --full --filter hashgrid --no-progress \
+  --json "$out/bench_hashgrid.json" > "$out/bench_hashgrid.txt" 2>&1
+cat "$out/bench_hashgrid.txt"
+
 timeout 360 $py -m pytest -q -p no:cacheprovider tests/ops/test_attention.py tests \
   > "$out/tests.txt" 2>&1
 echo "pytest exit status $?" >> "$out/tests.txt"

@@ -86,3 +86,15 @@ def test_attention_cases_run_and_count_flops(kind, kw, mode):
     dense = 2 * 3 * 2 * 40 * 40 * 32 * (3.5 if mode == "fwd+bwd" else 1)
     assert 0 < case.flops <= dense and r.tflops() > 0
     assert "TFLOP/s" in bench.format_table([r])
+
+
+@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
+def test_hashgrid_cases_run_and_report_a_rate(mode):
+    from fastgen.bench.hashgrid import NERF, _case
+
+    small = dict(NERF, log2_hashmap_size=12)
+    case = _case("cpu", "cpu", "tiny", 3, small, 500, mode, "quick")
+    r = measure(case, repeats=1, warmup=1)
+    assert r.max_error < 1e-5 and set(r.ms) == {"fastgen", "reference"}
+    assert r.rate() == pytest.approx(500 / (r.ms["fastgen"] * 1e-3)) and r.bytes_moved > 0
+    assert "Mpts/s" in bench.format_table([r])

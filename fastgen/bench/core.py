@@ -32,6 +32,8 @@ class Case:
                  GB/s = bytes_moved / time, and bytes_moved / peak bandwidth is the floor.
     tier:       "quick" (the default run) or "full".
     flops:      floating-point operations of the work (0: not meaningful): TFLOP/s column.
+    items:      work items of one call, e.g. points encoded (0: not meaningful), named by
+                ``item`` ("pts"): a rate column, items per second.
     """
 
     op: str
@@ -47,6 +49,8 @@ class Case:
     tier: str = "quick"
     backend: str = ""
     flops: int = 0
+    items: int = 0
+    item: str = ""
 
     @property
     def id(self) -> str:
@@ -71,6 +75,13 @@ class Result:
     peak_mb: dict[str, float] = field(default_factory=dict)  # CUDA: extra memory per call
     copy_gbps: Optional[float] = None  # this device's measured copy bandwidth (the floor)
     flops: int = 0
+    items: int = 0
+    item: str = ""
+
+    def rate(self, who: str = "fastgen") -> Optional[float]:
+        """Work items per second (Case.items), or None."""
+        ms = self.ms.get(who)
+        return self.items / (ms * 1e-3) if self.items and ms else None
 
     def tflops(self, who: str = "fastgen") -> Optional[float]:
         ms = self.ms.get(who)
@@ -193,4 +204,4 @@ def measure(case: Case, repeats: int = 7, warmup: int = 2,
         spread={k: (q(v, 0.2), q(v, 0.8)) for k, v in samples.items()},
         warmup_s=warmup_s, max_error=max_error, ref_error=ref_error,
         bytes_moved=case.bytes_moved, repeats=repeats, peak_mb=peak_mb, copy_gbps=copy_gbps,
-        flops=case.flops)
+        flops=case.flops, items=case.items, item=case.item)

@@ -21,9 +21,9 @@ __all__ = ["all_cases", "select", "run", "format_table", "write_json", "plot", "
 
 def all_cases(device: str) -> list[Case]:
     """Every benchmark case on ``device``, op family by op family."""
-    from . import attention, bias_act
+    from . import attention, bias_act, hashgrid
 
-    return bias_act.cases(device) + attention.cases(device)
+    return bias_act.cases(device) + attention.cases(device) + hashgrid.cases(device)
 
 
 def select(cases: Sequence[Case], tier: str = "quick", pattern: Optional[str] = None
@@ -93,7 +93,8 @@ def format_table(results: Sequence[Result]) -> str:
     max error is fastgen's, ref error the reference's own (same dtype), both against float64;
     floor ms is the case's minimum traffic at the device's measured copy bandwidth; peak MB (CUDA
     only) is the extra device memory one fastgen call needs; TFLOP/s (where a case counts its
-    FLOPs) is fastgen's and the best peer's.
+    FLOPs) is fastgen's and the best peer's; rate (where a case counts its items) is fastgen's
+    items per second.
     """
     head = ["op", "case", "device", "dtype", "backend", "fastgen ms", "reference ms", "peer",
             "peer ms", "x reference", "x peer", "max error", "ref error", "GB/s", "floor ms"]
@@ -103,6 +104,9 @@ def format_table(results: Sequence[Result]) -> str:
     with_flops = any(r.flops for r in results)
     if with_flops:
         head += ["TFLOP/s", "peer TFLOP/s"]
+    with_rate = any(r.items for r in results)
+    if with_rate:
+        head.append("rate")
     rows = []
     for r in results:
         peer = r.peer
@@ -114,7 +118,8 @@ def format_table(results: Sequence[Result]) -> str:
             _fmt(r.ref_error, ".1e"), _fmt(r.gbps, ".1f"), _fmt(r.floor_ms, ".2f")]
             + ([_fmt(r.peak_mb.get("fastgen"), ".0f")] if with_peak else [])
             + ([_fmt(r.tflops(), ".3g"), _fmt(r.tflops(peer) if peer else None, ".3g")]
-               if with_flops else []))
+               if with_flops else [])
+            + ([f"{r.rate() / 1e6:.3g} M{r.item}/s" if r.rate() else "-"] if with_rate else []))
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     out = [line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
@@ -154,7 +159,7 @@ def write_json(path: str, results: Sequence[Result], meta: dict) -> None:
     rows = []
     for r in results:
         d = dict(vars(r))
-        d.update(gbps=r.gbps, floor_ms=r.floor_ms, peer=r.peer, tflops=r.tflops(),
+        d.update(gbps=r.gbps, floor_ms=r.floor_ms, peer=r.peer, tflops=r.tflops(), rate=r.rate(),
                  speedup_vs_reference=r.speedup("reference"),
                  speedup_vs_peer=r.speedup(r.peer) if r.peer else None)
         rows.append(d)
