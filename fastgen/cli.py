@@ -1,4 +1,4 @@
-"""The ``fastgen`` command: ``fastgen info`` and ``fastgen bench``."""
+"""The ``fastgen`` command: ``fastgen info``, ``fastgen bench`` and ``fastgen demo``."""
 
 from __future__ import annotations
 
@@ -59,9 +59,15 @@ def _bench(args) -> int:
     return 0
 
 
+def _demo_image(args) -> int:
+    from .demos import image
+
+    return image.run(args)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="fastgen", description="fastgen: fused kernels for "
-                                     "generative models. Commands: info, bench.")
+                                     "generative models. Commands: info, bench, demo.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("info", help="versions, build flags, devices, backend per op")
@@ -83,6 +89,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--list", action="store_true", help="list the selected cases and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     p.set_defaults(func=_bench)
+
+    from .demos import DEMOS, image
+
+    p = sub.add_parser("demo", help="end-to-end demos: " + ", ".join(DEMOS))
+    demos = p.add_subparsers(dest="demo", required=True)
+    d = demos.add_parser("image", help=DEMOS["image"])
+    image.add_arguments(d)
+    d.set_defaults(func=_demo_image)
 
     args = parser.parse_args(argv)
     if getattr(args, "repeats", 1) < 1 or getattr(args, "warmup", 1) < 0:

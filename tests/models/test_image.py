@@ -1,0 +1,58 @@
+"""fastgen.models.NeuralImage / fit_image: the 2-D image fit behind `fastgen demo image`."""
+
+import math
+
+import pytest
+import torch
+
+from fastgen.models import NeuralImage, fit_image, psnr
+
+
+def _picture(h, w, gen):
+    """A small synthetic photo: smooth gradients plus a few sharp discs and random noise."""
+    ys, xs = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+    img = torch.stack([xs, ys, 0.5 + 0.5 * torch.sin(6 * xs * ys)], dim=-1)
+    for _ in range(3):
+        cx, cy, r = torch.rand(3, generator=gen).tolist()
+        disc = ((xs - cx) ** 2 + (ys - cy) ** 2) < (0.1 + 0.2 * r) ** 2
+        img[disc] = torch.rand(3, generator=gen)
+    return (img + 0.02 * torch.rand(img.shape, generator=gen)).clamp(0, 1)
+
+
+def test_fit_learns_the_picture(gen):
+    img = _picture(48, 40, gen)
+    torch.manual_seed(0)
+    model = NeuralImage(48, 40, n_levels=8, log2_hashmap_size=10, hidden=32)
+    before = psnr(model.render(), img)
+    seen = []
+    result = fit_image(model, img, steps=150, batch_size=1024, eval_every_s=1e9,
+                       callback=lambda *a: seen.append(a))
+    assert result.steps == 150 and len(seen) == 1 and seen[-1][0] == 150
+    assert result.psnr > before + 10 and result.psnr > 25, (before, result.psnr)
+    assert result.psnr == pytest.approx(psnr(model.render(), img))
+    assert result.ms_per_step > 0 and model.render().shape == (48, 40, 3)
+
+
+def test_model_defaults_reach_the_image_resolution():
+    model = NeuralImage(512, 300)
+    assert model.encoding.levels()[-1].resolution >= 512   # one vertex per pixel or more
+    assert model(torch.rand(5, 2)).shape == (5, 3)
+
+
+def test_psnr():
+    a = torch.zeros(4, 4, 3)
+    assert psnr(a, a) == math.inf
+    assert psnr(a + 0.1, a) == pytest.approx(20.0)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(), "seconds, steps or both"),
+    (dict(steps=1, image=torch.rand(8, 9, 3)), "image must be"),
+    (dict(steps=1, image=torch.rand(8, 8, 3) * 2), "values in"),
+])
+def test_fit_rejects_bad_input(kwargs, match):
+    image = kwargs.pop("image", torch.rand(8, 8, 3))
+    with pytest.raises(ValueError, match=match):
+        fit_image(NeuralImage(8, 8, n_levels=2, log2_hashmap_size=6), image, **kwargs)
+    with pytest.raises(ValueError, match="height, width"):
+        NeuralImage(0, 8)
