@@ -48,8 +48,9 @@ struct CornerBlock {
   bool valid[kBlock];
   int corners;
 
-  // Corners of points n0 .. n0 + count of one level; prefetches row entry * F of `table`.
-  template <int F, typename P>
+  // Corners of points n0 .. n0 + count of one level; prefetches row entry * F of `table` (for
+  // writing when kWrite: the backward's read-modify-write then needs no ownership upgrade).
+  template <int F, bool kWrite = false, typename P>
   void fill(const T* x, int64_t n0, int count, const Levels& lv, int level, const P* table) {
     corners = lv.interpolation == kNearest ? 1 : kMaxCorners;
 #if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
@@ -63,7 +64,9 @@ struct CornerBlock {
 #endif
     for (int i = 0; i < count; ++i) {
       if (!valid[i]) continue;
-      for (int k = 0; k < corners; ++k) __builtin_prefetch(table + int64_t(entry[i][k]) * F);
+      for (int k = 0; k < corners; ++k) {
+        __builtin_prefetch(table + int64_t(entry[i][k]) * F, kWrite ? 1 : 0);
+      }
     }
   }
 
@@ -280,7 +283,7 @@ void backward_params_cpu(const T* grad_out, const T* x, T* grad, int64_t N, cons
                   T(0));
         for (int64_t n0 = 0; n0 < N; n0 += kBlock) {
           const int count = static_cast<int>(std::min<int64_t>(kBlock, N - n0));
-          blk.template fill<F>(x, n0, count, lv, level, table_grad);
+          blk.template fill<F, true>(x, n0, count, lv, level, table_grad);
           for (int i = 0; i < count; ++i) {
             if (!blk.valid[i]) continue;
             const T* g = grad_out + (int64_t(level) * N + n0 + i) * F;

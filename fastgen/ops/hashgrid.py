@@ -1,6 +1,6 @@
 """hashgrid_encode: multiresolution hash-grid encoding (Instant-NGP), tiny-cuda-nn's numerics.
 
-    y[n, l*F + f] = Σ_corners w · E_l[index_l(corner), f]          (math: fastgen/reference/hashgrid.py)
+    y[n, l*F + f] = Σ_corners w · E_l[index_l(corner), f]    (math: fastgen/reference/hashgrid.py)
 
 Files of this op family:
 
