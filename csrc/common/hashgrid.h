@@ -86,12 +86,14 @@ FASTGEN_HD bool level_is_hashed(uint32_t res, uint32_t entries, bool use_hash) {
 }
 
 // Vertex coordinate p_d enters the index as p_d * m_d: PRIMES[d] (hashed, XOR-combined) or
-// res^d (dense, summed), both in uint32 arithmetic.
+// res^d (dense, summed), both in uint32 arithmetic. A dense (or tiled) level past MAX_BASES has
+// no dense index in tcnn's grid_index (it stays 0), so every multiplier is 0 there.
 template <int D>
 FASTGEN_HD uint32_t index_multiplier(int d, uint32_t res, bool hashed) {
   constexpr uint32_t kPrimes[7] = {1u, 2654435761u, 805459861u, 3674653429u,
                                    2097192037u, 1434869437u, 2165219737u};
   if (hashed) return kPrimes[d];
+  if (res > max_dense_base<D>()) return 0u;
   uint32_t m = 1;
   for (int j = 0; j < d; ++j) m *= res;
   return m;

@@ -38,8 +38,8 @@ inline Levels make_levels(at::IntArrayRef offsets, at::ArrayRef<double> scales,
     lv.offset[l] = static_cast<uint32_t>(offsets[l]);
   }
   for (int64_t l = 0; l < L; ++l) {
-    TORCH_CHECK(std::isfinite(scales[l]) && scales[l] >= 0 && scales[l] < 4294967295.0,
-                "hashgrid: scales[", l, "] must be finite and in [0, 2^32 - 1), got ", scales[l]);
+    TORCH_CHECK(std::isfinite(scales[l]) && scales[l] >= 0 && scales[l] < 2147483648.0,
+                "hashgrid: scales[", l, "] must be finite and in [0, 2^31), got ", scales[l]);
     lv.scale[l] = static_cast<float>(scales[l]);
   }
   return lv;

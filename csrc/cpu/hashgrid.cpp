@@ -387,6 +387,8 @@ std::tuple<at::Tensor, at::Tensor> hashgrid_bwd_cpu(
                   grad_out.scalar_type() == params.scalar_type() && grad_out.is_contiguous(),
               "hashgrid_bwd: grad_out must be a contiguous [", N, ", ", lv.n_levels * F,
               "] tensor of the params dtype, got ", grad_out.sizes(), " ", grad_out.scalar_type());
+  TORCH_CHECK(grad_out.device() == x.device(), "hashgrid_bwd: grad_out is on ",
+              grad_out.device(), " but x on ", x.device());
   at::Tensor grad_params = need_params_grad ? at::empty_like(params) : params.new_empty({0});
   at::Tensor grad_x = need_x_grad ? at::empty_like(x) : x.new_empty({0});
   if (N == 0) {

@@ -185,6 +185,8 @@ std::tuple<at::Tensor, at::Tensor> hashgrid_bwd_cuda(
                   grad_out.scalar_type() == params.scalar_type() && grad_out.is_contiguous(),
               "hashgrid_bwd: grad_out must be a contiguous [", N, ", ", lv.n_levels * F,
               "] tensor of the params dtype, got ", grad_out.sizes(), " ", grad_out.scalar_type());
+  TORCH_CHECK(grad_out.device() == x.device(), "hashgrid_bwd: grad_out is on ",
+              grad_out.device(), " but x on ", x.device());
   const c10::cuda::CUDAGuard guard(x.device());
   auto stream = c10::cuda::getCurrentCUDAStream();
   const auto acc = params.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;

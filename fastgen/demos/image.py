@@ -52,9 +52,15 @@ def _time_steps(model, image, steps: int, batch_size: int) -> tuple[float, float
     fit_image(model, image, steps=1, batch_size=batch_size, eval_every_s=1e9)  # warm-up
     step_ms = fit_image(model, image, steps=steps, batch_size=batch_size,
                         eval_every_s=1e9).ms_per_step   # training time only, not the render
+    def sync():
+        if xy.is_cuda:
+            torch.cuda.synchronize(xy.device)
+
+    sync()
     t0 = time.perf_counter()
     for _ in range(steps):
         model.encoding(xy).sum().backward()
+    sync()
     return step_ms, (time.perf_counter() - t0) * 1e3 / steps
 
 

@@ -38,7 +38,9 @@ class NeuralImage(nn.Module):
         height, width: image size in pixels (sets the finest grid resolution).
         channels: output channels (3 for RGB).
         n_levels, n_features_per_level, log2_hashmap_size, base_resolution: the grid.
-        per_level_scale: default grows base_resolution to max(height, width) over n_levels.
+        per_level_scale: default grows base_resolution to max(height, width) over n_levels
+            (the finest level then has max(height, width) + 1 vertices per side: its
+            float32 scale lands just above max(height, width) - 1; 513 for 512 x 512).
         hidden, n_hidden_layers: the MLP.
         backend: hash-grid backend ("cpu", "cuda", "reference"); None picks the fastest.
     """

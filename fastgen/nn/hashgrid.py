@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Optional
 
+import numpy
 import torch
 from torch import nn
 
@@ -162,7 +163,16 @@ class HashGridEncoding(nn.Module):
         if str(config.get("hash", "CoherentPrime")).lower() != "coherentprime":
             raise ValueError(f"from_tcnn_config: hash must be CoherentPrime (tcnn's default), "
                              f"got {config['hash']!r}")
-        per_level_scale = config.get("per_level_scale", 2.0)
+        if "per_level_scale" in config:
+            per_level_scale = config["per_level_scale"]
+        elif grid_type.lower() == "dense" and isinstance(n_levels, int) and n_levels > 1:
+            # tcnn's Dense default spans 256 vertices: exp(log(256 / base) / (L - 1)) in float32
+            base = config.get("base_resolution", 16)
+            f32 = numpy.float32
+            per_level_scale = float(numpy.exp(numpy.log(f32(256.0) / f32(base))
+                                              / f32(n_levels - 1)))
+        else:
+            per_level_scale = 2.0
         if isinstance(per_level_scale, float) and not math.isfinite(per_level_scale):
             raise ValueError(f"from_tcnn_config: per_level_scale must be finite, got "
                              f"{per_level_scale}")

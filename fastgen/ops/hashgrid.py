@@ -97,7 +97,15 @@ def config(n_input_dims: int, n_levels: int, n_features_per_level: int, log2_has
                          f"{per_level_scale!r}")
     interp = _named("interpolation", interpolation, INTERPOLATIONS)
     gtype = _named("grid_type", grid_type, GRID_TYPES)
+    # The finest scale is about base * b^(L-1); refuse it before building levels (ceil(inf)).
+    if L > 1 and (L - 1) * math.log2(per_level_scale) + math.log2(base) >= 32:
+        raise ValueError(f"hashgrid_encode: the finest level's scale (base_resolution {base} x "
+                         f"per_level_scale {per_level_scale}^{L - 1}) exceeds 2^31")
     levels = hashgrid_levels(D, L, log2, base, float(per_level_scale), gtype)
+    if any(lv.scale < 0 for lv in levels):
+        raise ValueError(f"hashgrid_encode: per_level_scale {per_level_scale} and base_resolution "
+                         f"{base} give a negative level scale (base_resolution * "
+                         f"per_level_scale^l - 1 < 0); raise base_resolution or per_level_scale")
     top = levels[-1]
     if not math.isfinite(top.scale) or top.scale >= 2.0 ** 31:
         raise ValueError(f"hashgrid_encode: the finest level's scale {top.scale} (base_resolution "
@@ -233,6 +241,8 @@ def params_grad_by_corners(grad_out, x, params, offsets, scales, F, interpolatio
     acc = torch.float64 if params.dtype == torch.float64 else torch.float32
     grad = torch.zeros(params.numel() // F, F, dtype=acc, device=params.device)
     g = grad_out.to(acc)
+    # A NaN point has weight 0 on its corners, but 0 * NaN gradient would still be NaN.
+    g = torch.where(torch.isnan(x).any(-1, keepdim=True), torch.zeros_like(g), g)
     for level in range(len(scales)):
         index, weight = torch.ops.fastgen.hashgrid_corners(x, offsets, scales, level,
                                                            interpolation, use_hash)
@@ -251,6 +261,11 @@ def _reference_grads(grad_out, x, params, rest, need_x, need_p):
                                          allow_unused=True))
     gx = grads.pop(0) if need_x else None
     gp = grads.pop(0) if need_p else None
+    # Unused inputs (x under Nearest interpolation) get zeros, as the kernels give.
+    if need_x and gx is None:
+        gx = torch.zeros_like(x)
+    if need_p and gp is None:
+        gp = torch.zeros_like(params)
     if gx is not None:  # the reference's NaN points carry no gradient; the kernels' carry NaN
         gx = torch.where(torch.isnan(x).any(-1, keepdim=True), torch.full_like(gx, math.nan), gx)
     return gx, gp

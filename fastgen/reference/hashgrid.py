@@ -113,8 +113,8 @@ def coherent_prime_hash(p: torch.Tensor) -> torch.Tensor:
 def _indices(p: torch.Tensor, lvl: HashGridLevel, use_hash: bool) -> torch.Tensor:
     """Table entries of vertices p: [..., D] int64 (uint32 semantics) -> [...] int64."""
     D = p.shape[-1]
+    idx = torch.zeros(p.shape[:-1], dtype=torch.int64, device=p.device)  # tcnn: 0 past MAX_BASES
     if lvl.resolution <= _MAX_DENSE_BASE[D]:
-        idx = torch.zeros(p.shape[:-1], dtype=torch.int64, device=p.device)
         stride = 1
         for d in range(D):
             idx = (idx + p[..., d] * stride) & _U32

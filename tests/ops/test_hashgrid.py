@@ -259,9 +259,45 @@ def test_deterministic_corner_path_matches(device, interpolation, gen):
     x, params = _inputs(300, 3, 2, gen, device)
     x[7, 0] = float("nan")
     g = torch.randn(300, 10, generator=gen).to(device)
+    g[7] = float("nan")  # a NaN point's gradient may be NaN (its output was); params stay finite
     direct, _ = torch.ops.fastgen.hashgrid_bwd(g, x, params, *_op_args(cfg), True, False)
     by_corners = params_grad_by_corners(g, x, params, *_op_args(cfg))
+    assert torch.isfinite(direct).all() and torch.isfinite(by_corners).all()
     _assert_matches(by_corners, direct, what="corner-list grad")
+
+
+def _edge_points(D, n, gen):
+    """Random points with coordinates replaced by the awkward ones: 0, 1, 1 - 2^-24, exact
+    vertex and cell-centre positions of the SMALL levels."""
+    special = [0.0, 1.0, 1.0 - 2.0 ** -24, 2.0 ** -24, 0.5]
+    for lv in hashgrid_levels(D, **{k: v for k, v in SMALL.items()}):
+        special += [(k + 0.5) / lv.scale for k in range(int(lv.scale))][:6]
+        special += [k / lv.scale for k in range(int(lv.scale) + 1)][:6]
+    x = torch.rand(n, D, generator=gen)
+    pick = torch.randint(0, len(special), (n, D), generator=gen)
+    use = torch.rand(n, D, generator=gen) < 0.6
+    return torch.where(use, torch.tensor(special, dtype=torch.float32)[pick], x).clamp(0, 1)
+
+
+@pytest.mark.parametrize("interpolation", ["Linear", "Smoothstep", "Nearest"])
+@pytest.mark.parametrize("grid_type", ["Hash", "Dense"])
+@pytest.mark.parametrize("D", [2, 3])
+def test_cpu_simd_forward_is_bitwise_the_scalar_core(D, grid_type, interpolation, gen):
+    """The fp32 CPU forward (vectorised corner math) equals, bit for bit, the fma sequence over
+    the corners the scalar shared core lists (hashgrid_corners), at awkward coordinates."""
+    n = 203
+    x = _edge_points(D, n, gen)
+    kw = dict(SMALL, n_features_per_level=1, interpolation=interpolation, grid_type=grid_type)
+    cfg = config(D, **{k: v for k, v in kw.items()})
+    params = torch.randn(cfg.n_params, generator=gen)
+    y = torch.ops.fastgen.hashgrid_fwd(x, params, *_op_args(cfg))
+    for level in range(len(cfg.levels)):
+        index, weight = torch.ops.fastgen.hashgrid_corners(x, cfg.offsets, cfg.scales, level,
+                                                           cfg.interpolation, cfg.use_hash)
+        acc = torch.zeros(n, dtype=torch.float32)
+        for k in range(index.shape[1]):  # fma in float32: exact float64 product, one rounding
+            acc = (weight[:, k].double() * params[index[:, k]].double() + acc.double()).float()
+        assert torch.equal(y[:, level], acc), f"level {level}"
 
 
 # --- bad input -----------------------------------------------------------------------------------
@@ -298,6 +334,46 @@ def _bad(**over):
 def test_bad_input_is_named(over, exc, match):
     with pytest.raises(exc, match=match):
         _bad(**over)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(base_resolution=1, per_level_scale=0.5), "negative level scale"),
+    (dict(per_level_scale=1e30), "exceeds 2"),
+    (dict(n_levels=32, per_level_scale=3.0), "exceeds 2"),
+])
+def test_config_rejects_scales(kw, match):
+    with pytest.raises(ValueError, match=match):
+        config(3, **dict(dict(SMALL, n_features_per_level=2), **kw))
+
+
+@pytest.mark.parametrize("D,growth", [(3, 1000.0), (4, 200.0)])
+@pytest.mark.parametrize("device,backend", CASES)
+def test_tiled_level_past_max_dense_base_reads_entry_zero(device, backend, D, growth, gen):
+    """A non-hashed level finer than tcnn's MAX_BASES has no dense index: tcnn reads entry 0
+    for every vertex, so the level's output is that entry (weights sum to 1)."""
+    kw = dict(n_levels=2, n_features_per_level=2, log2_hashmap_size=19, base_resolution=2,
+              per_level_scale=growth, grid_type="Tiled")
+    cfg = config(D, **kw)
+    assert cfg.levels[1].resolution > {3: 0x659, 4: 0xFF}[D]
+    x = torch.rand(50, D, generator=gen, dtype=torch.float64).to(device)
+    params = torch.randn(cfg.n_params, generator=gen, dtype=torch.float64).to(device)
+    y = hashgrid_encode(x, params, backend=backend, **kw)
+    yr = reference(x, params, **kw)
+    _assert_matches(y, yr, rtol=1e-12, atol=1e-12, what="y")
+    entry0 = params[cfg.offsets[1] * 2:cfg.offsets[1] * 2 + 2]
+    _assert_matches(y[:, 2:], entry0.expand(50, 2), rtol=1e-12, atol=1e-12, what="level 1")
+
+
+def test_nearest_second_order_gives_zero_x_gradient(gen):
+    x = torch.rand(20, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    kw = dict(SMALL, n_features_per_level=2, interpolation="Nearest")
+    params = torch.randn(hashgrid_n_params(3, 5, 2, 9, 3, 1.9), generator=gen,
+                         dtype=torch.float64, requires_grad=True)
+    y = hashgrid_encode(x, params, **kw)
+    gx, gp = torch.autograd.grad(y.square().sum(), (x, params), create_graph=True)
+    assert gx.shape == x.shape and (gx == 0).all()
+    (gp.square().sum()).backward()  # differentiable
+    assert params.grad is not None and torch.isfinite(params.grad).all()
 
 
 def test_bad_params_dtype():
@@ -393,6 +469,16 @@ def test_from_tcnn_config():
     assert (grid.grid_type, grid.n_levels, grid.interpolation) == ("Tiled", 2, "Smoothstep")
     assert HashGridEncoding.from_tcnn_config(3, {"otype": "HashGrid"}).n_params == \
         hashgrid_n_params()
+
+
+def test_from_tcnn_config_dense_default_scale():
+    """tcnn's Dense default per_level_scale reaches 256 vertices: exp(log(256/base)/(L-1))."""
+    enc = HashGridEncoding.from_tcnn_config(2, {"otype": "DenseGrid", "n_levels": 3,
+                                                "base_resolution": 16})
+    assert enc._kwargs["per_level_scale"] == pytest.approx(4.0, rel=1e-6)
+    assert enc.levels()[-1].resolution in (256, 257)
+    hashed = HashGridEncoding.from_tcnn_config(2, {"otype": "HashGrid", "n_levels": 3})
+    assert hashed._kwargs["per_level_scale"] == 2.0
 
 
 @pytest.mark.parametrize("cfg,match", [
