@@ -50,4 +50,13 @@ TORCH_LIBRARY(fastgen, m) {
   m.def(
       "hashgrid_corners(Tensor x, int[] offsets, float[] scales, int level, int interpolation,"
       " bool use_hash) -> (Tensor, Tensor)");
+  // Fused diffusion-sampler step (fastgen/ops/sampler.py; math in fastgen/reference/sampler.py):
+  // m = u + s(c - u) when uncond u is given; x0 = clip(p_x x + p_m m + p_z z);
+  // out = c_x x + c_0 x0 + c_m m + c_1 h1 + c_2 h2 + c_z z. coeffs: [s, p_x, p_m, p_z, c_x, c_0,
+  // c_m, c_1, c_2, c_z]. All tensors contiguous, of sample's shape and dtype; computed in float32
+  // (float64 for float64). Returns (out, x0), x0 empty ([0]) unless want_x0.
+  m.def(
+      "sampler_step(Tensor sample, Tensor model_output, Tensor? uncond, Tensor? hist1,"
+      " Tensor? hist2, Tensor? noise, float[] coeffs, float? clip, bool want_x0)"
+      " -> (Tensor, Tensor)");
 }

@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "common/fastgen.h"
+#include "cpu/vec_io.h"
 
 namespace fastgen {
 namespace {
@@ -66,9 +67,6 @@ struct Params {
   T clamp;
   bool has_clamp;
 };
-
-template <typename T>
-using Vec = at::vec::Vectorized<T>;
 
 template <typename T>
 inline Vec<T> sigmoid(Vec<T> u) {
@@ -122,48 +120,6 @@ inline Vec<T> act_deriv(Vec<T> u, T alpha) {
     const Vec<T> pdf = Vec<T>(T(kInvSqrt2Pi)) * (Vec<T>(T(-0.5)) * u * u).exp();
     return cdf + u * pdf;
   }
-}
-
-// Loads and stores between storage type S and compute vectors of T = opmath(S). fp32/fp64 load
-// directly; fp16/bf16 convert with ATen's vectorised converters (full vectors) and go through a
-// small float buffer for the tail and for stores.
-template <typename S>
-struct Mem {
-  using T = at::opmath_type<S>;
-  static constexpr int64_t W = Vec<T>::size();
-
-  static Vec<T> load(const S* p, int64_t n) {
-    if constexpr (std::is_same_v<S, T>) {
-      return n == W ? Vec<T>::loadu(p) : Vec<T>::loadu(p, n);
-    } else {
-      if (n == W) {
-        Vec<T> out;
-        at::vec::load_to_float<S>(p, out);
-        return out;
-      }
-      T buf[W] = {};
-      for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<T>(p[i]);
-      return Vec<T>::loadu(buf);
-    }
-  }
-
-  static void store(const Vec<T>& v, S* p, int64_t n) {
-    if constexpr (std::is_same_v<S, T>) {
-      if (n == W) v.store(p); else v.store(p, n);
-    } else {
-      // Packs the W floats into the low half of a 2W-wide reduced vector.
-      at::vec::convert_from_float<S>(v, v).store(p, n);
-    }
-  }
-};
-
-// Calls body(i, n) over [0, len) in full vectors, then one partial tail, so the full-vector loop
-// is compiled with a constant width.
-template <int64_t W, typename F>
-inline void for_each_vector(int64_t len, const F& body) {
-  int64_t i = 0;
-  for (; i + W <= len; i += W) body(i, W);
-  if (i < len) body(i, len - i);
 }
 
 template <typename T>

@@ -139,6 +139,25 @@ def _hashgrid_corners_samples(device) -> list[tuple]:
             for level in (0, len(scales) - 1)]
 
 
+def _sampler_step_samples(device) -> list[tuple]:
+    """(x, m, u, h1, h2, z, coeffs, clip, want_x0): every optional input on and off, four dtypes,
+    an odd size and an empty tensor."""
+    def t(shape, dtype):
+        return make_tensor(shape, dtype, device)
+
+    k = [7.5, 1.2, -0.8, 0.1, 0.9, 0.3, -0.2, 0.5, -0.25, 0.05]
+    out = []
+    for shape, dtype, flags in (((2, 4, 5, 3), torch.float32, (1, 1, 1, 1)),
+                                ((3, 7), torch.float16, (0, 1, 0, 1)),
+                                ((1, 2, 9), torch.bfloat16, (1, 0, 0, 0)),
+                                ((5,), torch.float64, (0, 1, 1, 1)),
+                                ((0, 4), torch.float32, (1, 1, 1, 1))):
+        x, m = t(shape, dtype), t(shape, dtype)
+        opt = [t(shape, dtype) if f else None for f in flags]
+        out.append((x, m, *opt, k, 1.0 if flags[0] else None, bool(flags[3])))
+    return out
+
+
 OPCHECK_SAMPLES: dict[str, tuple[str, str, Callable[[str], list[tuple]]]] = {
     "fastgen::bias_act": ("bias_act", "cpu", _bias_act_fwd_samples),
     "fastgen::bias_act_bwd": ("bias_act", "cpu", _bias_act_bwd_samples),
@@ -153,4 +172,6 @@ OPCHECK_SAMPLES: dict[str, tuple[str, str, Callable[[str], list[tuple]]]] = {
     "fastgen::hashgrid_fwd": ("hashgrid", "cpu", _hashgrid_configs),
     "fastgen::hashgrid_bwd": ("hashgrid", "cpu", _hashgrid_bwd_samples),
     "fastgen::hashgrid_corners": ("hashgrid", "cpu", _hashgrid_corners_samples),
+    "fastgen::sampler_step": ("sampler_step", "cpu", _sampler_step_samples),
+    "fastgen::sampler_step_triton": ("sampler_step", "triton", _sampler_step_samples),
 }
