@@ -146,8 +146,20 @@ def ops() -> dict[str, Op]:
     return dict(_OPS)
 
 
+_ENV_CACHE: dict = {}
+
+
 def _env_choice(op: Op) -> Optional[str]:
-    raw = os.environ.get(ENV_VAR, "").strip()
+    raw = os.environ.get(ENV_VAR, "")
+    if not raw:
+        return None
+    key = (raw, op.name)
+    if key not in _ENV_CACHE:  # parsed once per value: ops on hot paths read it every call
+        _ENV_CACHE[key] = _parse_env_choice(op, raw.strip())
+    return _ENV_CACHE[key]
+
+
+def _parse_env_choice(op: Op, raw: str) -> Optional[str]:
     if not raw:
         return None
     default = None

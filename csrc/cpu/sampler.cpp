@@ -6,10 +6,9 @@
 //   out = c_x·x + c_0·x̂0 + c_m·m + c_1·h1 + c_2·h2 + c_z·z
 //
 // One pass over memory: each present input is read once and each output written once, computed
-// in float32 (float64 for float64 storage). Work is cut into spans of kSpan elements; within a
-// span each term is a separate vectorised sweep over L1-resident float buffers, so absent inputs
-// cost nothing and there is no per-element branching. The products and sums follow the
-// reference's order; no fma is used (the reference, diffusers and torch.compile don't either).
+// in float32 (float64 for float64 storage), one vector at a time with at::vec. The products and
+// sums follow the reference's order; no fma is used (the reference, diffusers and torch.compile
+// don't either).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -24,75 +23,50 @@
 namespace fastgen {
 namespace {
 
-constexpr int64_t kSpan = 1024;  // elements per sweep: 4 KiB per fp32 buffer, all L1-resident
-
 struct Coeffs {
   double s, p_x, p_m, p_z, c_x, c_0, c_m, c_1, c_2, c_z;
 };
 
-// buf[0:n] = src[0:n] in compute precision (a copy for reduced types; a view otherwise).
-template <typename S, typename T>
-const T* as_compute(const S* src, T* buf, int64_t n) {
-  if constexpr (std::is_same_v<S, T>) {
-    return src;
-  } else {
-    for_each_vector<Vec<T>::size()>(n, [&](int64_t i, int64_t w) {
-      Mem<S>::load(src + i, w).store(buf + i, w);
-    });
-    return buf;
-  }
-}
+// Which optional inputs and outputs a call has; constant over the call, so the branches on them
+// in the vector loop are perfectly predicted (and GCC unswitches the simpler ones).
+struct Flags {
+  bool u, h1, h2, z, z_in_x0, clip, need_x0, want_x0;
+};
 
+// out[0:n] (and x0[0:n]) from the inputs' [0:n], one vector at a time: each input element is
+// loaded once, each output element stored once, nothing else touches memory.
 template <typename S>
 void step_span(const S* x_s, const S* m_s, const S* u_s, const S* h1_s, const S* h2_s,
-               const S* z_s, S* out_s, S* x0_s, int64_t n, const Coeffs& k,
-               std::optional<double> clip) {
+               const S* z_s, S* out_s, S* x0_s, int64_t n, const Coeffs& k, const Flags& f,
+               double clip) {
   using T = at::opmath_type<S>;
   using V = Vec<T>;
-  constexpr int64_t W = V::size();
-  alignas(64) T xb[kSpan], mb[kSpan], zb[kSpan], x0[kSpan], acc[kSpan], tmp[kSpan];
-  const T* x = as_compute(x_s, xb, n);
-  const T* m = as_compute(m_s, mb, n);
-  if (u_s != nullptr) {  // m = u + s (c − u), into mb
-    const T* u = as_compute(u_s, tmp, n);
-    const V s(static_cast<T>(k.s));
-    for_each_vector<W>(n, [&](int64_t i, int64_t w) {
-      const V uv = V::loadu(u + i, w);
-      (uv + s * (V::loadu(m + i, w) - uv)).store(mb + i, w);
-    });
-    m = mb;
-  }
-  const T* z = z_s != nullptr ? as_compute(z_s, zb, n) : nullptr;
-  {  // x̂0
-    const V px(static_cast<T>(k.p_x)), pm(static_cast<T>(k.p_m)), pz(static_cast<T>(k.p_z));
-    const bool noisy = z != nullptr && k.p_z != 0.0;
-    const T r = static_cast<T>(clip.value_or(0.0));
-    for_each_vector<W>(n, [&](int64_t i, int64_t w) {
-      V v = px * V::loadu(x + i, w) + pm * V::loadu(m + i, w);
-      if (noisy) v = v + pz * V::loadu(z + i, w);
-      if (clip) v = at::vec::clamp(v, V(-r), V(r));
-      v.store(x0 + i, w);
-    });
-  }
-  {  // out
-    const V cx(static_cast<T>(k.c_x)), c0(static_cast<T>(k.c_0)), cm(static_cast<T>(k.c_m));
-    for_each_vector<W>(n, [&](int64_t i, int64_t w) {
-      (cx * V::loadu(x + i, w) + c0 * V::loadu(x0 + i, w) + cm * V::loadu(m + i, w))
-          .store(acc + i, w);
-    });
-    const std::pair<const S*, double> terms[3] = {{h1_s, k.c_1}, {h2_s, k.c_2}, {nullptr, k.c_z}};
-    for (int t = 0; t < 3; ++t) {
-      const T* h = t < 2 ? (terms[t].first ? as_compute(terms[t].first, tmp, n) : nullptr) : z;
-      if (h == nullptr) continue;
-      const V c(static_cast<T>(terms[t].second));
-      for_each_vector<W>(n, [&](int64_t i, int64_t w) {
-        (V::loadu(acc + i, w) + c * V::loadu(h + i, w)).store(acc + i, w);
-      });
+  const V s(static_cast<T>(k.s)), px(static_cast<T>(k.p_x)), pm(static_cast<T>(k.p_m)),
+      pz(static_cast<T>(k.p_z)), cx(static_cast<T>(k.c_x)), c0(static_cast<T>(k.c_0)),
+      cm(static_cast<T>(k.c_m)), c1(static_cast<T>(k.c_1)), c2(static_cast<T>(k.c_2)),
+      cz(static_cast<T>(k.c_z)), lo(static_cast<T>(-clip)), hi(static_cast<T>(clip));
+  for_each_vector<V::size()>(n, [&](int64_t i, int64_t w) {
+    const V x = Mem<S>::load(x_s + i, w);
+    V m = Mem<S>::load(m_s + i, w);
+    if (f.u) {
+      const V u = Mem<S>::load(u_s + i, w);
+      m = u + s * (m - u);
     }
-  }
-  for_each_vector<W>(n, [&](int64_t i, int64_t w) {
-    Mem<S>::store(V::loadu(acc + i, w), out_s + i, w);
-    if (x0_s != nullptr) Mem<S>::store(V::loadu(x0 + i, w), x0_s + i, w);
+    V z;
+    if (f.z) z = Mem<S>::load(z_s + i, w);
+    V out = cx * x;
+    if (f.need_x0) {
+      V x0 = px * x + pm * m;
+      if (f.z_in_x0) x0 = x0 + pz * z;
+      if (f.clip) x0 = at::vec::clamp(x0, lo, hi);
+      out = out + c0 * x0;
+      if (f.want_x0) Mem<S>::store(x0, x0_s + i, w);
+    }
+    out = out + cm * m;
+    if (f.h1) out = out + c1 * Mem<S>::load(h1_s + i, w);
+    if (f.h2) out = out + c2 * Mem<S>::load(h2_s + i, w);
+    if (f.z) out = out + cz * z;
+    Mem<S>::store(out, out_s + i, w);
   });
 }
 
@@ -126,6 +100,17 @@ std::tuple<at::Tensor, at::Tensor> sampler_step_cpu(
   if (z) check_like("noise", *z, x);
   const Coeffs k{coeffs[0], coeffs[1], coeffs[2], coeffs[3], coeffs[4],
                  coeffs[5], coeffs[6], coeffs[7], coeffs[8], coeffs[9]};
+  Flags f{};
+  f.u = u.has_value();
+  f.h1 = h1.has_value();
+  f.h2 = h2.has_value();
+  f.z = z.has_value();
+  f.z_in_x0 = f.z && k.p_z != 0.0;
+  f.clip = clip.has_value();
+  f.want_x0 = want_x0;
+  // c_0 = 0 drops the x̂0 term: x̂0 is then computed only when returned. (A NaN x̂0 comes from
+  // a NaN x, m or z, which reach the output through their own terms anyway.)
+  f.need_x0 = want_x0 || k.c_0 != 0.0;
   at::Tensor out = at::empty_like(x);
   at::Tensor x0 = want_x0 ? at::empty_like(x) : x.new_empty({0});
   const int64_t N = x.numel();
@@ -138,12 +123,9 @@ std::tuple<at::Tensor, at::Tensor> sampler_step_cpu(
             *h2p = ptr(h2), *zp = ptr(z);
     S *op = out.data_ptr<S>(), *x0p = want_x0 ? x0.data_ptr<S>() : nullptr;
     at::parallel_for(0, N, kElementsPerTask, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; i += kSpan) {
-        const int64_t n = std::min(kSpan, e - i);
-        auto at_ = [&](const S* p) { return p ? p + i : nullptr; };
-        step_span<S>(xp + i, mp + i, at_(up), at_(h1p), at_(h2p), at_(zp), op + i,
-                     x0p ? x0p + i : nullptr, n, k, clip);
-      }
+      auto at_ = [&](const S* p) { return p ? p + b : nullptr; };
+      step_span<S>(xp + b, mp + b, at_(up), at_(h1p), at_(h2p), at_(zp), op + b,
+                   x0p ? x0p + b : nullptr, e - b, k, f, clip.value_or(0.0));
     });
   });
   return {out, x0};

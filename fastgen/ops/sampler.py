@@ -102,15 +102,22 @@ def _half(t, name):
     return t.chunk(2)
 
 
-def _scalar(name: str, v) -> float:
+def _scalar(name: str, v, index: Optional[int] = None) -> float:
     if type(v) is float and v - v == 0.0:  # fast path (finite float): a step checks ten of these
         return v
+    if index is not None:
+        name = f"{name}[{index}]"
     if not isinstance(v, numbers.Real) or isinstance(v, bool) or not math.isfinite(v):
         raise ValueError(f"sampler_step: {name} must be a finite number, got {v!r}")
     return float(v)
 
 
-def _tensor_like(name: str, t, x: torch.Tensor) -> torch.Tensor:
+def _tensor_like(name: str, t, x: torch.Tensor, index: Optional[int] = None) -> torch.Tensor:
+    if (type(t) is torch.Tensor and t.shape == x.shape and t.dtype == x.dtype
+            and t.device == x.device):
+        return t.contiguous()
+    if index is not None:
+        name = f"{name}[{index}]"
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"sampler_step: {name} must be a torch.Tensor, got {type(t).__name__}")
     if t.shape != x.shape:
@@ -157,15 +164,17 @@ def _check(x, m, c_sample, c_x0, c_model, history, c_history, noise, c_noise, x0
     else:
         s = 1.0
     m = _tensor_like("model_output", m, x)
+    ch = [0.0, 0.0]
+    for i, c in enumerate(c_history):
+        ch[i] = _scalar("c_history", c, i)
     k = StepCoeffs(s, _scalar("x0_sample", x0_sample), _scalar("x0_model", x0_model),
                    _scalar("x0_noise", x0_noise), _scalar("c_sample", c_sample),
-                   _scalar("c_x0", c_x0), _scalar("c_model", c_model),
-                   *(_scalar(f"c_history[{i}]", c) for i, c in enumerate(c_history)),
-                   *([0.0] * (2 - len(c_history))), _scalar("c_noise", c_noise))
+                   _scalar("c_x0", c_x0), _scalar("c_model", c_model), ch[0], ch[1],
+                   _scalar("c_noise", c_noise))
     if noise is None and (k.c_z != 0.0 or k.p_z != 0.0):
         raise ValueError("sampler_step: c_noise / x0_noise are non-zero but noise is None")
     z = _tensor_like("noise", noise, x) if noise is not None else None
-    hs = [_tensor_like(f"history[{i}]", h, x) for i, h in enumerate(history)] + [None] * 2
+    hs = [_tensor_like("history", h, x, i) for i, h in enumerate(history)] + [None] * 2
     clip = None
     if clip_x0 is not None:
         clip = _scalar("clip_x0", clip_x0)
