@@ -1,0 +1,675 @@
+"""Shared machinery of the fastgen schedulers: configuration, noise tables, timestep spacing and
+lookup, noise drawing and the step output.
+
+The schedulers keep their tables on the CPU (diffusers' float32 tables, mirrored as Python floats)
+and compute each step's coefficients on the host in float64; the tensor math is one call of
+:func:`fastgen.ops.sampler_step`. The tables are built with the same float32 operations as
+diffusers 0.42.1, so ``timesteps`` and ``sigmas`` match diffusers' exactly.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import math
+import numbers
+import os
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..ops.sampler import sampler_step
+
+__all__ = ["FrozenConfig", "SchedulerOutput", "SchedulerBase", "UnknownConfigKeyError",
+           "register_config", "randn_tensor"]
+
+CONFIG_NAME = "scheduler_config.json"
+
+# Config keys of diffusers' schedulers (0.42.1). ``from_config`` skips these when they are not
+# keys of the target class (diffusers does the same when swapping schedulers, e.g.
+# ``EulerDiscreteScheduler.from_config(pndm.config)``); any other unknown key is an error.
+_DIFFUSERS_SCHEDULER_KEYS = frozenset("""
+algorithm_type alpha_cum_end alpha_cum_start base_image_seq_len base_shift beta_end beta_schedule
+beta_start block_length clip_denoised clip_sample clip_sample_range correct_steps corrector_k
+corrector_order corrector_selection corrector_selection_tau corrector_steps disable_corrector
+dynamic_thresholding_ratio editing_threshold entropy_bound eps eta euler_at_final
+final_sigmas_type final_step_size_scale flow_shift gamma gamma_cum_end gamma_cum_start
+interpolation_type invert_sigmas lambda_min_clipped lower_order_final mask_token_id
+masking_schedule max_image_seq_len max_shift minimal_topk n_grid noise_mode num_inference_steps
+num_policy_substeps num_train_timesteps num_vec_classes original_inference_steps predict_x0
+prediction_type predictor_order rescale_betas_zero_snr rho s s_churn s_max s_min s_noise
+sample_max_value sampling_eps scale_factors scaler schedule_mode scheduler_type set_alpha_to_one
+shift shift_terminal sigma_data sigma_max sigma_min sigma_schedule skip_prk_steps snr
+snr_shift_scale solver_order solver_p solver_type stage_range stages steps_offset
+stochastic_sampling t_lim_ode t_lim_ode_below t_max t_min tail_step_multiplier tail_steps
+tau_func threshold thresholding time_shift_type timestep_scaling timestep_spacing timestep_type
+trained_betas tsr_k tsr_sigma upscale_mode use_beta_sigmas use_dynamic_shifting
+use_exponential_sigmas use_flow_sigmas use_karras_sigmas use_lu_lambdas variance_type
+""".split())
+
+
+class UnknownConfigKeyError(ValueError, TypeError):
+    """A config key the scheduler does not have (a ValueError; also a TypeError, as Python raises
+    for an unexpected keyword argument)."""
+
+
+class FrozenConfig(dict):
+    """A scheduler's configuration: a read-only dict whose keys are also attributes
+    (``config.num_train_timesteps``), like diffusers' ``FrozenDict``."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"the scheduler config has no key {name!r}") from None
+
+    def __setattr__(self, name, value):
+        raise TypeError("a scheduler config is read-only; build a new scheduler with "
+                        "Scheduler.from_config(config, key=value)")
+
+    def _read_only(self, *args, **kwargs):
+        """Refused: the config is read-only."""
+        raise TypeError("a scheduler config is read-only; build a new scheduler with "
+                        "Scheduler.from_config(config, key=value)")
+
+    __setitem__ = __delitem__ = setdefault = pop = popitem = update = clear = _read_only
+    __ior__ = _read_only
+
+    def __reduce__(self):
+        return (FrozenConfig, (dict(self),))
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return FrozenConfig(dict(self))
+
+
+def register_config(init: Callable) -> Callable:
+    """Decorator for a scheduler's ``__init__``: records every argument (defaults included) in
+    ``self.config`` before the body runs, and the names left at their defaults in
+    ``_use_default_values`` (as diffusers does, so that ``from_config`` across classes keeps the
+    target's own defaults for them). An unknown keyword raises :class:`UnknownConfigKeyError`."""
+    sig = inspect.signature(init)
+    params = [p for p in sig.parameters.values() if p.name != "self"]
+    names = tuple(p.name for p in params)
+    defaults = {p.name: p.default for p in params}
+
+    @functools.wraps(init)
+    def wrapper(self, *args, **kwargs):
+        cls = type(self).__name__
+        unknown = [k for k in kwargs if k not in defaults]
+        if unknown:
+            raise UnknownConfigKeyError(
+                f"{cls}: unknown config key(s) {', '.join(map(repr, unknown))}; the keys are "
+                f"{', '.join(names)}")
+        if len(args) > len(names):
+            raise TypeError(f"{cls}() takes at most {len(names)} positional arguments")
+        given = dict(zip(names, args))
+        both = set(given) & set(kwargs)
+        if both:
+            raise TypeError(f"{cls}() got multiple values for {', '.join(sorted(both))}")
+        given.update(kwargs)
+        values = {**defaults, **given}
+        values["_use_default_values"] = [k for k in names if k not in given]
+        object.__setattr__(self, "_internal_dict", FrozenConfig(values))
+        init(self, *args, **kwargs)
+
+    wrapper._config_names = names
+    wrapper._config_defaults = defaults
+    return wrapper
+
+
+class SchedulerOutput:
+    """What ``step()`` returns: ``prev_sample`` (the sample at the next, less noisy timestep)
+    and, for the schedulers whose diffusers counterpart reports it, ``pred_original_sample``
+    (the predicted clean sample x̂0).
+
+    ``pred_original_sample`` is computed on first access, from the step's inputs, by one more
+    fused call (the step itself writes only ``prev_sample``); read it before modifying the
+    step's ``sample`` or ``model_output`` in place (reading it after raises a RuntimeError
+    rather than returning a wrong value). Indexing and :meth:`to_tuple` follow
+    diffusers' ``BaseOutput``: ``out[0]`` is ``prev_sample``.
+    """
+
+    __slots__ = ("prev_sample", "_x0", "_x0_fn", "_has_x0")
+
+    def __init__(self, prev_sample: torch.Tensor,
+                 pred_original_sample: Optional[torch.Tensor] = None, *,
+                 x0_fn: Optional[Callable[[], torch.Tensor]] = None, has_x0: bool = True):
+        self.prev_sample = prev_sample
+        self._x0 = pred_original_sample
+        self._x0_fn = x0_fn
+        self._has_x0 = has_x0
+
+    @property
+    def pred_original_sample(self) -> Optional[torch.Tensor]:
+        """The predicted clean sample x̂0 (after clipping), or None for schedulers that do not
+        report it (DPM-Solver, flow matching)."""
+        if self._x0 is None and self._x0_fn is not None:
+            self._x0, self._x0_fn = self._x0_fn(), None
+        return self._x0
+
+    def keys(self) -> list[str]:
+        """The field names, in order."""
+        return ["prev_sample", "pred_original_sample"] if self._has_x0 else ["prev_sample"]
+
+    def to_tuple(self) -> tuple:
+        """(prev_sample, pred_original_sample), or (prev_sample,) without x̂0."""
+        return tuple(getattr(self, k) for k in self.keys())
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            if key not in self.keys():
+                raise KeyError(key)
+            return getattr(self, key)
+        return self.to_tuple()[key]
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def __repr__(self) -> str:
+        shape = list(self.prev_sample.shape)
+        return f"SchedulerOutput(prev_sample=<{shape} {self.prev_sample.dtype}>, ...)"
+
+
+def randn_tensor(shape: Sequence[int], generator=None, device=None,
+                 dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """Standard normal noise drawn exactly as ``diffusers.utils.torch_utils.randn_tensor``: a CPU
+    generator with a tensor on another device draws on the CPU and copies; a list of generators
+    draws one batch row each (a one-element list counts as its generator); a CUDA generator for
+    a tensor on another device is an error."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    rand_device = device
+    if device.type == "neuron":
+        rand_device = torch.device("cpu")
+    if generator is not None:
+        first = generator[0] if isinstance(generator, (list, tuple)) else generator
+        gen_type = first.device.type
+        if gen_type != device.type and gen_type == "cpu":
+            rand_device = torch.device("cpu")
+        elif gen_type != device.type and gen_type == "cuda":
+            raise ValueError(f"cannot generate a {device} tensor from a generator on {gen_type}")
+    if isinstance(generator, (list, tuple)) and len(generator) == 1:
+        generator = generator[0]
+    shape = tuple(shape)
+    if isinstance(generator, (list, tuple)):
+        if len(generator) < shape[0]:
+            raise ValueError(f"a list of generators needs one per batch row: got "
+                             f"{len(generator)} for batch {shape[0]}")
+        row = (1,) + shape[1:]
+        parts = [torch.randn(row, generator=generator[i], device=rand_device, dtype=dtype)
+                 for i in range(shape[0])]
+        return torch.cat(parts, dim=0).to(device)
+    return torch.randn(shape, generator=generator, device=rand_device, dtype=dtype).to(device)
+
+
+# --- noise tables ------------------------------------------------------------------------------
+
+def _alpha_bar_betas(num_steps: int, kind: str = "cosine", max_beta: float = 0.999):
+    """Betas that discretise a continuous alpha-bar curve (float32, as diffusers)."""
+    if kind == "cosine":
+        def f(t):
+            return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+    elif kind == "exp":
+        def f(t):
+            return math.exp(t * -12.0)
+    else:  # laplace
+        def f(t):
+            lmb = -0.5 * math.copysign(1, 0.5 - t) * math.log(1 - 2 * math.fabs(0.5 - t) + 1e-6)
+            snr = math.exp(lmb)
+            return math.sqrt(snr / (1 + snr))
+    betas = [min(1 - f((i + 1) / num_steps) / f(i / num_steps), max_beta)
+             for i in range(num_steps)]
+    return torch.tensor(betas, dtype=torch.float32)
+
+
+def make_betas(schedule: str, num_train_timesteps: int, beta_start: float, beta_end: float,
+               trained_betas) -> torch.Tensor:
+    """The float32 betas of a named schedule (or ``trained_betas`` when given)."""
+    T = num_train_timesteps
+    if trained_betas is not None:
+        return torch.tensor(np.asarray(trained_betas, dtype=np.float64).tolist(),
+                            dtype=torch.float32)
+    if schedule == "linear":
+        return torch.linspace(beta_start, beta_end, T, dtype=torch.float32)
+    if schedule == "scaled_linear":
+        return torch.linspace(beta_start ** 0.5, beta_end ** 0.5, T, dtype=torch.float32) ** 2
+    if schedule == "squaredcos_cap_v2":
+        return _alpha_bar_betas(T, "cosine")
+    if schedule == "exp":
+        return _alpha_bar_betas(T, "exp")
+    if schedule == "laplace":
+        return _alpha_bar_betas(T, "laplace")
+    if schedule == "sigmoid":
+        return torch.sigmoid(torch.linspace(-6, 6, T)) * (beta_end - beta_start) + beta_start
+    raise ValueError(f"unknown beta_schedule {schedule!r}")
+
+
+def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
+    """Betas rescaled to zero terminal SNR (arXiv 2305.08891, Algorithm 1), in float32."""
+    abar_sqrt = torch.cumprod(1.0 - betas, dim=0).sqrt()
+    first, last = abar_sqrt[0].clone(), abar_sqrt[-1].clone()
+    abar_sqrt = (abar_sqrt - last) * (first / (first - last))
+    abar = abar_sqrt ** 2
+    alphas = torch.cat([abar[0:1], abar[1:] / abar[:-1]])
+    return 1 - alphas
+
+
+def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) -> np.ndarray:
+    """Karras et al. (2022) noise levels: n values from sigma_max down to sigma_min."""
+    ramp = np.linspace(0, 1, n)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return (hi + ramp * (lo - hi)) ** rho
+
+
+def sigma_to_t(sigma, log_sigmas: np.ndarray) -> np.ndarray:
+    """The (fractional) training timestep of a noise level, by interpolation in log sigma."""
+    log_sigma = np.log(np.maximum(sigma, 1e-10))
+    dists = log_sigma - log_sigmas[:, np.newaxis]
+    low = np.cumsum((dists >= 0), axis=0).argmax(axis=0).clip(max=log_sigmas.shape[0] - 2)
+    high = low + 1
+    lo, hi = log_sigmas[low], log_sigmas[high]
+    w = np.clip((lo - log_sigma) / (lo - hi), 0, 1)
+    return ((1 - w) * low + w * high).reshape(np.shape(sigma))
+
+
+def f32(x: float) -> float:
+    """x rounded to float32 (the precision of diffusers' tables)."""
+    return float(np.float32(x))
+
+
+def _choices(values) -> str:
+    return ", ".join(repr(v) for v in values)
+
+
+# --- the scheduler base ------------------------------------------------------------------------
+
+class SchedulerBase:
+    """Configuration, timestep lookup and input checks shared by the fastgen schedulers.
+
+    Subclasses declare ``__init__`` with :func:`register_config` (diffusers' config keys and
+    defaults), validate the config with the ``_check_*`` helpers and build their tables.
+    """
+
+    order = 1
+    _compatibles: list = []
+    _ready = False
+    _step_index: Optional[int] = None
+    timesteps: torch.Tensor
+
+    # --- config --------------------------------------------------------------------------------
+    @property
+    def config(self) -> FrozenConfig:
+        """Every config key with its value (read-only), plus ``_use_default_values``."""
+        return self._internal_dict
+
+    @classmethod
+    def config_keys(cls) -> tuple[str, ...]:
+        """The names of this class's config keys (its ``__init__`` arguments)."""
+        return cls.__init__._config_names
+
+    @classmethod
+    def from_config(cls, config: Optional[Mapping] = None, return_unused_kwargs: bool = False,
+                    **kwargs):
+        """Build a scheduler from a config: a dict, a fastgen config, or a diffusers scheduler's
+        ``.config`` (possibly of another scheduler class), with ``kwargs`` overriding keys.
+
+        Keys starting with ``_`` are ignored, and so are the keys listed in the config's
+        ``_use_default_values`` (they take this class's defaults, as in diffusers). Keys of other
+        diffusers schedulers that this class lacks do not reach ``__init__`` but are kept in the
+        new config (as diffusers does, so that converting back is lossless; returned as unused
+        with ``return_unused_kwargs``); any other unknown key raises
+        :class:`UnknownConfigKeyError`.
+        """
+        if config is None:
+            config = {}
+        if not isinstance(config, Mapping) and isinstance(getattr(config, "config", None),
+                                                          Mapping):
+            config = config.config
+        if not isinstance(config, Mapping):
+            raise TypeError(f"{cls.__name__}.from_config: config must be a dict (or a "
+                            f"scheduler's .config), got {type(config).__name__}")
+        own = set(cls.config_keys())
+        defaulted = set(config.get("_use_default_values", None) or ())
+        init, unused, unknown = {}, {}, []
+        for k, v in config.items():
+            if not isinstance(k, str) or k.startswith("_") or k in defaulted:
+                continue
+            if k in own:
+                init[k] = v
+            elif k in _DIFFUSERS_SCHEDULER_KEYS:
+                unused[k] = v
+            else:
+                unknown.append(k)
+        for k, v in kwargs.items():
+            if k in own:
+                init[k] = v
+            else:
+                unknown.append(k)
+        if unknown:
+            raise UnknownConfigKeyError(
+                f"{cls.__name__}.from_config: unknown config key(s) "
+                f"{', '.join(map(repr, unknown))}; the keys are {', '.join(cls.config_keys())}")
+        obj = cls(**init)
+        if unused:  # kept in the config (as diffusers does) so that it converts back losslessly
+            object.__setattr__(obj, "_internal_dict", FrozenConfig({**obj.config, **unused}))
+        return (obj, unused) if return_unused_kwargs else obj
+
+    def save_config(self, save_directory: str, **kwargs) -> str:
+        """Write the config as ``scheduler_config.json`` in save_directory (diffusers' layout,
+        readable by diffusers' ``from_pretrained``); returns the file path."""
+        os.makedirs(save_directory, exist_ok=True)
+        path = os.path.join(save_directory, CONFIG_NAME)
+        with open(path, "w") as f:
+            f.write(self.to_json_string())
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str, subfolder: Optional[str] = None, **kwargs):
+        """Load a scheduler from a local ``scheduler_config.json`` (a file, or a folder holding
+        one, optionally in ``subfolder``); ``kwargs`` override keys. Never downloads."""
+        if os.path.isdir(path):
+            path = os.path.join(path, subfolder or "", CONFIG_NAME)
+        with open(path) as f:
+            config = json.load(f)
+        return cls.from_config(config, **kwargs)
+
+    def to_json_string(self) -> str:
+        """The config as diffusers writes it (with ``_class_name``)."""
+        def plain(v):  # arrays as lists; ±inf is written as Infinity, as diffusers does
+            return v.tolist() if isinstance(v, (np.ndarray, torch.Tensor)) else v
+        d = {"_class_name": type(self).__name__}
+        d.update({k: plain(v) for k, v in self.config.items() if k != "_use_default_values"})
+        return json.dumps(d, indent=2, sort_keys=True) + "\n"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__} {self.to_json_string()}"
+
+    def __len__(self) -> int:
+        return int(self.config.num_train_timesteps)
+
+    # --- config checks -------------------------------------------------------------------------
+    def _fail(self, key: str, value, supported, why: str = "") -> None:
+        raise ValueError(f"{type(self).__name__}: {key}={value!r} is not supported"
+                         f"{' (' + why + ')' if why else ''}; supported: {_choices(supported)}")
+
+    def _check_choice(self, key: str, supported, why: str = "") -> None:
+        value = self.config[key]
+        if value not in supported:
+            self._fail(key, value, supported, why)
+
+    def _check_false(self, key: str, why: str = "") -> None:
+        if self.config[key]:
+            self._fail(key, self.config[key], [False], why)
+
+    def _check_int(self, key: str, minimum: int) -> int:
+        v = self.config[key]
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < minimum:
+            raise ValueError(f"{type(self).__name__}: {key} must be an integer >= {minimum}, "
+                             f"got {v!r}")
+        return int(v)
+
+    def _check_number(self, key: str, allow_none: bool = False) -> None:
+        v = self.config[key]
+        if v is None and allow_none:
+            return
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or math.isnan(v):
+            raise ValueError(f"{type(self).__name__}: {key} must be a number, got {v!r}")
+
+    def _build_alphas_cumprod(self, beta_schedules: Sequence[str],
+                              zero_snr_euler: bool = False) -> None:
+        """betas / alphas / alphas_cumprod (float32 CPU tensors, as diffusers) from the config,
+        and ``_ac``, the cumulative products as Python floats."""
+        c = self.config
+        T = self._check_int("num_train_timesteps", 1)
+        self._check_number("beta_start")
+        self._check_number("beta_end")
+        if c.trained_betas is None:
+            self._check_choice("beta_schedule", beta_schedules)
+        elif len(c.trained_betas) != T:
+            raise ValueError(f"{type(self).__name__}: trained_betas has {len(c.trained_betas)} "
+                             f"values but num_train_timesteps is {T}")
+        self.betas = make_betas(c.beta_schedule, T, c.beta_start, c.beta_end, c.trained_betas)
+        if c.get("rescale_betas_zero_snr", False):
+            self.betas = rescale_zero_terminal_snr(self.betas)
+        self.alphas = 1.0 - self.betas
+        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        if zero_snr_euler and c.get("rescale_betas_zero_snr", False):
+            self.alphas_cumprod[-1] = 2 ** -24
+        self._ac = self.alphas_cumprod.double().tolist()
+
+    def _full_sigmas_f32(self) -> np.ndarray:
+        """sqrt((1 - a) / a) over the training timesteps, float32, ascending in t."""
+        return (((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5).numpy()
+
+    def _check_spacing(self) -> None:
+        self._check_choice("timestep_spacing", ("linspace", "leading", "trailing"))
+        self._check_int("steps_offset", 0)
+
+    def _check_num_steps(self, n, limit: Optional[int] = None) -> int:
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+            raise ValueError(f"{type(self).__name__}.set_timesteps: num_inference_steps must be "
+                             f"a positive integer, got {n!r}")
+        if limit is not None and n > limit:
+            raise ValueError(f"{type(self).__name__}.set_timesteps: num_inference_steps={n} "
+                             f"cannot exceed num_train_timesteps={limit}")
+        return int(n)
+
+    # --- the schedule and timestep lookup ------------------------------------------------------
+    def _set_schedule(self, timesteps: torch.Tensor, device=None) -> None:
+        """Install ``timesteps`` (a CPU tensor) on ``device`` and its host mirror."""
+        self._ts_host = [float(v) for v in timesteps.tolist()]
+        index: dict[float, list[int]] = {}
+        for i, v in enumerate(self._ts_host):
+            index.setdefault(self._key(v), []).append(i)
+        self._ts_index = index
+        self.timesteps = timesteps.to(device) if device is not None else timesteps
+        self._ts_ref = self.timesteps
+
+    def _key(self, value: float) -> float:
+        # torch compares a schedule with a scalar in the schedule's dtype (float32 for float
+        # schedules, float32 too for an int schedule against a fractional value).
+        return f32(value)
+
+    def _sync_host_schedule(self) -> None:
+        """Refresh the host mirror if ``self.timesteps`` was replaced from outside."""
+        if self.timesteps is not self._ts_ref:
+            ts = self.timesteps
+            self._set_schedule(ts.detach().cpu(), None)
+            self.timesteps = ts
+            self._ts_ref = ts
+
+    def _timestep_value(self, timestep, required: bool = True) -> Optional[float]:
+        """The timestep's value on the host. A device tensor is read without synchronising when
+        it is an element of ``self.timesteps`` (how pipelines iterate); otherwise it is copied to
+        the host when ``required``, else None is returned."""
+        name = type(self).__name__
+        if isinstance(timestep, torch.Tensor):
+            if timestep.numel() != 1:
+                raise ValueError(f"{name}: timestep must be a scalar (a number, a 0-dim or a "
+                                 f"1-element tensor), got a tensor of shape "
+                                 f"{list(timestep.shape)}")
+            if timestep.is_complex() or timestep.dtype == torch.bool:
+                raise TypeError(f"{name}: timestep must be real, got {timestep.dtype}")
+            if timestep.device.type == "cpu":
+                return float(timestep.item())
+            ts = self.timesteps
+            if (isinstance(ts, torch.Tensor) and ts is self._ts_ref and ts.ndim == 1
+                    and ts.device == timestep.device and ts.dtype == timestep.dtype
+                    and ts.numel() > 0 and ts.stride(0) > 0):
+                same = timestep.untyped_storage().data_ptr() == ts.untyped_storage().data_ptr()
+                off = timestep.storage_offset() - ts.storage_offset()
+                if same and off % ts.stride(0) == 0 and 0 <= off // ts.stride(0) < ts.numel():
+                    return self._ts_host[off // ts.stride(0)]
+            if not required:
+                return None
+            return float(timestep.item())  # one device-to-host copy
+        if isinstance(timestep, bool) or not isinstance(timestep, numbers.Real):
+            raise TypeError(f"{name}: timestep must be a number or a tensor, got "
+                            f"{type(timestep).__name__}")
+        return float(timestep)
+
+    def _indices_of(self, value: float) -> list[int]:
+        idx = self._ts_index.get(self._key(value))
+        if not idx:
+            shown = ", ".join(f"{v:g}" for v in self._ts_host[:6])
+            more = ", ..." if len(self._ts_host) > 6 else ""
+            raise ValueError(f"{type(self).__name__}: timestep {value:g} is not in the schedule "
+                             f"[{shown}{more}]; pass one of scheduler.timesteps")
+        return idx
+
+    def _require_ready(self, what: str = "step") -> None:
+        if not self._ready:
+            raise ValueError(f"{type(self).__name__}.{what}: call set_timesteps(...) first")
+
+    def _check_inputs(self, model_output, sample) -> None:
+        name = type(self).__name__
+        for arg, t in (("model_output", model_output), ("sample", sample)):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name}.step: {arg} must be a torch.Tensor, got "
+                                f"{type(t).__name__}")
+        if sample.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            raise TypeError(f"{name}.step: sample must be float16, bfloat16, float32 or float64, "
+                            f"got {sample.dtype}")
+        if model_output.shape != sample.shape:
+            raise ValueError(f"{name}.step: model_output has shape {list(model_output.shape)} "
+                             f"but sample has {list(sample.shape)}; they must match")
+        if model_output.dtype != sample.dtype:
+            raise TypeError(f"{name}.step: model_output is {model_output.dtype} but sample is "
+                            f"{sample.dtype}; they must match")
+        if model_output.device != sample.device:
+            raise ValueError(f"{name}.step: model_output is on {model_output.device} but sample "
+                             f"on {sample.device}")
+
+    def _explicit_noise(self, noise, sample: torch.Tensor, arg: str) -> torch.Tensor:
+        name = type(self).__name__
+        if not isinstance(noise, torch.Tensor):
+            raise TypeError(f"{name}.step: {arg} must be a torch.Tensor, got "
+                            f"{type(noise).__name__}")
+        if noise.shape != sample.shape:
+            raise ValueError(f"{name}.step: {arg} has shape {list(noise.shape)} but sample has "
+                             f"{list(sample.shape)}; they must match")
+        return noise.to(device=sample.device, dtype=sample.dtype)
+
+
+class StepIndexMixin:
+    """The step counter of the sigma-indexed schedulers (diffusers' ``step_index`` /
+    ``begin_index``): the timestep is looked up once, on the first ``scale_model_input`` or
+    ``step``, unless ``set_begin_index`` was called; the counter then advances by one per step.
+    """
+
+    _step_index: Optional[int] = None
+    _begin_index: Optional[int] = None
+
+    @property
+    def step_index(self) -> Optional[int]:
+        """The index of the current timestep (None until the first step)."""
+        return self._step_index
+
+    @property
+    def begin_index(self) -> Optional[int]:
+        """The first step's index when set with :meth:`set_begin_index` (img2img), else None."""
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start at index ``begin_index`` without looking the first timestep up (this also saves
+        the lookup's device-to-host copy when the timestep is a stray device tensor)."""
+        if isinstance(begin_index, bool) or not isinstance(begin_index, numbers.Integral):
+            raise TypeError(f"{type(self).__name__}.set_begin_index: begin_index must be an int, "
+                            f"got {begin_index!r}")
+        self._begin_index = int(begin_index)
+
+    def index_for_timestep(self, timestep, schedule_timesteps=None) -> int:
+        """The index of ``timestep`` in the schedule (the second one when it occurs more than
+        once, as diffusers, so that a sampler started mid-schedule does not skip a noise level);
+        raises ValueError when it does not occur."""
+        if schedule_timesteps is not None:
+            vals = [float(v) for v in torch.as_tensor(schedule_timesteps).flatten().tolist()]
+            key = self._key(self._timestep_value(timestep))
+            idx = [i for i, v in enumerate(vals) if self._key(v) == key]
+            if not idx:
+                raise ValueError(f"{type(self).__name__}: timestep not in schedule_timesteps")
+            return idx[1] if len(idx) > 1 else idx[0]
+        self._sync_host_schedule()
+        idx = self._indices_of(self._timestep_value(timestep))
+        return idx[1] if len(idx) > 1 else idx[0]
+
+    def _init_step_index(self, timestep) -> None:
+        if self._begin_index is None:
+            self._step_index = self.index_for_timestep(timestep)
+        else:
+            self._step_index = self._begin_index
+
+    def _advance_to(self, timestep) -> int:
+        """The current step index, initialised from ``timestep`` on the first call. Later calls
+        check that the timestep is in the schedule when that costs no device synchronisation."""
+        if self._step_index is None:
+            self._init_step_index(timestep)
+        else:
+            self._sync_host_schedule()
+            v = self._timestep_value(timestep, required=False)
+            if v is not None:
+                self._indices_of(v)
+        return self._step_index
+
+    def _step_indices(self, timesteps) -> list[int]:
+        """Indices for add_noise: per timestep, or the current/begin index once set."""
+        ts = torch.as_tensor(timesteps).flatten()
+        if self._begin_index is None:
+            return [self.index_for_timestep(t) for t in ts.cpu()]
+        if self._step_index is not None:
+            return [self._step_index] * ts.shape[0]
+        return [self._begin_index] * ts.shape[0]
+
+
+def _bcast(v: torch.Tensor, ndim: int) -> torch.Tensor:
+    v = v.flatten()
+    while v.ndim < ndim:
+        v = v.unsqueeze(-1)
+    return v
+
+
+def fused_step(sample: torch.Tensor, model_output: torch.Tensor, *, c_sample: float = 0.0,
+               c_x0: float = 0.0, c_model: float = 0.0, history=(), c_history=(),
+               noise: Optional[torch.Tensor] = None, c_noise: float = 0.0,
+               x0_sample: float = 0.0, x0_model: float = 1.0, x0_noise: float = 0.0,
+               clip_x0: Optional[float] = None, want_x0: str = "lazy", has_x0: bool = True
+               ) -> tuple[SchedulerOutput, Optional[torch.Tensor]]:
+    """One fused sampler step. ``want_x0``: "no" (x̂0 not reported), "lazy" (computed when
+    ``pred_original_sample`` is read), "eager" (returned by the same call). Returns the output
+    object and x̂0 when eager."""
+    if noise is not None and c_noise == 0.0 and x0_noise == 0.0:
+        noise = None
+    if c_x0 == 0.0 and x0_noise == 0.0 and want_x0 != "eager":
+        # x̂0 does not enter the output: its clip is irrelevant to it.
+        out = sampler_step(sample, model_output, c_sample=c_sample, c_model=c_model,
+                           history=history, c_history=c_history, noise=noise, c_noise=c_noise)
+    else:
+        out = sampler_step(sample, model_output, c_sample=c_sample, c_x0=c_x0, c_model=c_model,
+                           history=history, c_history=c_history, noise=noise, c_noise=c_noise,
+                           x0_sample=x0_sample, x0_model=x0_model, x0_noise=x0_noise,
+                           clip_x0=clip_x0, return_x0=want_x0 == "eager")
+    x0 = None
+    if want_x0 == "eager":
+        out, x0 = out
+        return SchedulerOutput(out, x0, has_x0=has_x0), x0
+    if want_x0 == "lazy":
+        z = noise if x0_noise != 0.0 else None
+        inputs = (sample, model_output) + ((z,) if z is not None else ())
+        versions = tuple(t._version for t in inputs)
+
+        def x0_fn():
+            if tuple(t._version for t in inputs) != versions:  # never a silently wrong x̂0
+                raise RuntimeError("pred_original_sample is computed when first read, from the "
+                                   "step's sample and model_output, but one of them was modified "
+                                   "in place since the step; read pred_original_sample first "
+                                   "(or pass return_dict=False to get it from the step itself)")
+            return sampler_step(sample, model_output, c_x0=1.0, noise=z, x0_sample=x0_sample,
+                                x0_model=x0_model, x0_noise=x0_noise, clip_x0=clip_x0)
+        return SchedulerOutput(out, x0_fn=x0_fn, has_x0=has_x0), None
+    return SchedulerOutput(out, has_x0=False), None

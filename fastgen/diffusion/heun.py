@@ -1,0 +1,143 @@
+"""Heun's second-order sampler (Karras et al., 2022, Algorithm 1 without churn): two model
+evaluations per noise level."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from ._base import (SchedulerOutput, fused_step, karras_sigmas, register_config, sigma_to_t)
+from .euler import _SigmaScheduler, spaced_float_timesteps, ve_prologue
+
+__all__ = ["HeunDiscreteScheduler"]
+
+
+class HeunDiscreteScheduler(_SigmaScheduler):
+    """Heun sampling, a drop-in for ``diffusers.HeunDiscreteScheduler`` (0.42.1): the schedule
+    repeats every noise level but the first (``timesteps`` has 2n − 1 entries, ``order = 2``)
+    and ``step`` alternates between an Euler predictor (stage 1) and the trapezoidal corrector
+    (stage 2). Each stage is one fused :func:`fastgen.ops.sampler_step` call; stage 2 takes the
+    stage-1 sample and x̂0 as history, since ``d1 = (x_saved − x̂0₁)/σ`` is linear in them:
+
+        x_prev = x_saved + dt/2·(d1 + d2),   d2 = (x' − x̂0₂)/σ_next
+
+    Supported: beta_schedule linear, scaled_linear, squaredcos_cap_v2, exp (or trained_betas);
+    prediction_type epsilon, v_prediction, sample; use_karras_sigmas; clip_sample;
+    timestep_spacing linspace, leading, trailing; custom ``timesteps``. Not supported
+    (ValueError): use_exponential_sigmas, use_beta_sigmas.
+    """
+
+    order = 2
+
+    @register_config
+    def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 0.00085,
+                 beta_end: float = 0.012, beta_schedule: str = "linear",
+                 trained_betas: Optional[Union[np.ndarray, Sequence[float]]] = None,
+                 prediction_type: str = "epsilon", use_karras_sigmas: bool = False,
+                 use_exponential_sigmas: bool = False, use_beta_sigmas: bool = False,
+                 clip_sample: bool = False, clip_sample_range: float = 1.0,
+                 timestep_spacing: str = "linspace", steps_offset: int = 0):
+        self._check_choice("prediction_type", ("epsilon", "v_prediction", "sample"))
+        self._check_false("use_exponential_sigmas", "not implemented")
+        self._check_false("use_beta_sigmas", "not implemented")
+        self._check_number("clip_sample_range")
+        self._check_spacing()
+        self._build_alphas_cumprod(("linear", "scaled_linear", "squaredcos_cap_v2", "exp"))
+        self.use_karras_sigmas = use_karras_sigmas
+        self._compute(num_train_timesteps, None, num_train_timesteps, None)
+        self._ready = False
+
+    @property
+    def state_in_first_order(self) -> bool:
+        """True when the next ``step`` is a stage-1 (predictor) step."""
+        return self.dt is None
+
+    def set_timesteps(self, num_inference_steps: Optional[int] = None, device=None,
+                      num_train_timesteps: Optional[int] = None,
+                      timesteps: Optional[Sequence[float]] = None) -> None:
+        """Choose ``num_inference_steps`` noise levels (each but the first used twice), or
+        custom descending ``timesteps``; ``num_train_timesteps`` overrides the config's for
+        the spacing, as in diffusers."""
+        name = "HeunDiscreteScheduler.set_timesteps"
+        if num_inference_steps is None and timesteps is None:
+            raise ValueError(f"{name}: pass num_inference_steps or timesteps")
+        if num_inference_steps is not None and timesteps is not None:
+            raise ValueError(f"{name}: pass num_inference_steps or timesteps, not both")
+        if timesteps is not None and self.config.use_karras_sigmas:
+            raise ValueError(f"{name}: custom timesteps cannot be used with use_karras_sigmas")
+        self._compute(num_inference_steps, device, num_train_timesteps, timesteps)
+        self._ready = True
+
+    def _compute(self, num_inference_steps, device, num_train_timesteps, timesteps) -> None:
+        c = self.config
+        n = self._check_num_steps(num_inference_steps or len(timesteps))
+        self.num_inference_steps = n
+        T = int(num_train_timesteps or c.num_train_timesteps)
+        if timesteps is not None:
+            ts = np.array(timesteps, dtype=np.float32)
+        else:
+            ts = spaced_float_timesteps(c.timestep_spacing, T, n, int(c.steps_offset))
+        table = self._full_sigmas_f32()
+        log_sigmas = np.log(table)
+        sig = np.interp(ts, np.arange(0, len(table)), table)
+        if c.use_karras_sigmas:
+            sig = karras_sigmas(sig[-1].item(), sig[0].item(), n)
+            ts = np.array([sigma_to_t(s, log_sigmas) for s in sig])
+        sig = torch.from_numpy(np.concatenate([sig, [0.0]]).astype(np.float32))
+        self._set_sigmas(torch.cat([sig[:1], sig[1:-1].repeat_interleave(2), sig[-1:]]))
+        ts = torch.from_numpy(ts)
+        ts = torch.cat([ts[:1], ts[1:].repeat_interleave(2)]).to(torch.float32)
+        self._set_schedule(ts, device)
+        self.prev_derivative = None
+        self.dt = None
+        self.sample = None
+        self._first_x0 = None
+        self._step_index = None
+        self._begin_index = None
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
+             return_dict: bool = True) -> Union[SchedulerOutput, tuple]:
+        """One Heun stage; returns ``prev_sample`` and ``pred_original_sample``. Stage 1 returns
+        the Euler predictor (the next model call is at σ_next), stage 2 the corrected sample."""
+        self._require_ready()
+        self._check_inputs(model_output, sample)
+        c = self.config
+        i = self._advance_to(timestep)
+        clip = float(c.clip_sample_range) if c.clip_sample else None
+        eps_exact = c.prediction_type == "epsilon" and clip is None
+        eager = "eager"
+        if self.state_in_first_order:
+            sigma, sigma_next = self._sig[i], self._sig[i + 1]
+            px, pm = ve_prologue(c.prediction_type, sigma, sigma)
+            dt = sigma_next - sigma
+            if eps_exact:
+                coeffs = dict(c_sample=1.0, c_model=dt)
+            else:
+                r = sigma_next / sigma
+                coeffs = dict(c_sample=r, c_x0=1.0 - r)
+            out, x0 = fused_step(sample, model_output, x0_sample=px, x0_model=pm, clip_x0=clip,
+                                 want_x0=eager, **coeffs)
+            self.dt, self.sample, self._first_x0, self._first_sigma = dt, sample, x0, sigma
+        else:
+            sigma, sigma_next = self._sig[i - 1], self._sig[i]
+            px, pm = ve_prologue(c.prediction_type, sigma_next, sigma_next)
+            dt, saved, x0_first = self.dt, self.sample, self._first_x0
+            if saved.shape != sample.shape or saved.dtype != sample.dtype:
+                raise ValueError("HeunDiscreteScheduler.step: the second-stage sample does not "
+                                 "match the first stage's (shape or dtype)")
+            half = dt / 2.0
+            # x_saved + dt/2·(x_saved − x̂0₁)/σ + dt/2·d2
+            hist = dict(history=[saved, x0_first],
+                        c_history=[1.0 + half / sigma, -half / sigma])
+            if eps_exact:  # d2 = m exactly
+                coeffs = dict(c_model=half)
+            else:
+                coeffs = dict(c_sample=half / sigma_next, c_x0=-half / sigma_next)
+            out, _ = fused_step(sample, model_output, x0_sample=px, x0_model=pm, clip_x0=clip,
+                                want_x0="lazy" if return_dict else "eager", **hist, **coeffs)
+            self.prev_derivative = None
+            self.dt = self.sample = self._first_x0 = None
+        self._step_index += 1
+        return out if return_dict else out.to_tuple()

@@ -1,0 +1,637 @@
+"""fastgen.diffusion schedulers against diffusers 0.42.1 (the oracle; skipped without it), the
+exact-Gaussian oracle, reduced precision, config handling, a diffusers pipeline, and errors.
+
+Parity loops run fastgen and diffusers side by side on the same inputs: a fixed random linear
+model of the (scaled) sample plus fresh random tensors each step, and the same noise (identical
+seeded generators, or explicit ``variance_noise``). By default each fastgen step takes diffusers'
+sample as input (so every step is compared on identical inputs, while each library keeps its own
+multistep / Heun history); a second set of loops runs the two freely. Each step's
+``prev_sample`` must agree to 1e-5 relative to the step's scale (the larger of its input and
+output magnitudes, since float32 rounding of either side scales with it: a zero-SNR first step
+maps |x| ~ 4096 to O(1)); ``pred_original_sample`` likewise, where the scale also includes the
+input magnified by 1/sqrt(alphas_cumprod) for the VP epsilon conversion
+x̂0 = (x − sqrt(1 − a)·ε)/sqrt(a), which amplifies float32 rounding in both libraries alike
+(~1e-5 of |x̂0| at t ≈ 1000 against a float64 truth, for diffusers as for fastgen).
+"""
+
+import inspect
+import math
+import random
+
+import pytest
+import torch
+
+import fastgen.diffusion as fd
+from fastgen.diffusion import _base
+
+# diffusers 0.42.1 under numpy 2 warns about np.array(tensor); not ours to fix
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:diffusers")
+
+SHAPE = (2, 4, 8, 8)
+SD = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+NAMES = ["DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler",
+         "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler",
+         "DPMSolverMultistepScheduler", "FlowMatchEulerDiscreteScheduler"]
+TOL = 1e-5
+
+
+def _diffusers():
+    return pytest.importorskip("diffusers")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The tensors here are tiny: intra-op threads only add barrier waits (seconds per UNet
+    forward on a busy 2-core machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# --- random configs ----------------------------------------------------------------------------
+
+def _betas(r, extra=()):
+    return r.choice([{}, SD, dict(beta_schedule="squaredcos_cap_v2")] + list(extra))
+
+
+def _config(name: str, r: random.Random):
+    """A random supported config, the set_timesteps kwargs and the step kwargs."""
+    n = r.randint(4, 25)
+    step, ts_kw = {}, {}
+    spacing = r.choice(["linspace", "leading", "trailing"])
+    if name == "DDPMScheduler":
+        pred = r.choice(["epsilon", "v_prediction", "sample"])
+        cfg = dict(_betas(r, [dict(beta_schedule="sigmoid")]), prediction_type=pred,
+                   timestep_spacing=spacing, steps_offset=r.choice([0, 1]),
+                   clip_sample=r.random() < 0.5,
+                   variance_type=r.choice(["fixed_small", "fixed_small_log", "fixed_large"]),
+                   rescale_betas_zero_snr=pred == "v_prediction" and r.random() < 0.5)
+    elif name == "DDIMScheduler":
+        pred = r.choice(["epsilon", "v_prediction", "sample"])
+        cfg = dict(_betas(r), prediction_type=pred, timestep_spacing=spacing,
+                   steps_offset=r.choice([0, 1]), clip_sample=r.random() < 0.5,
+                   set_alpha_to_one=r.random() < 0.5,
+                   rescale_betas_zero_snr=pred == "v_prediction" and r.random() < 0.5)
+        # (eta = 1 at a zero-SNR first step makes diffusers' sqrt(1 - a_prev - std²) NaN)
+        etas = [0.0, 0.5] if cfg["rescale_betas_zero_snr"] else [0.0, 0.5, 1.0]
+        step = dict(eta=r.choice(etas), use_clipped_model_output=r.random() < 0.3)
+    elif name == "EulerDiscreteScheduler":
+        pred = r.choice(["epsilon", "v_prediction", "sample"])
+        cfg = dict(_betas(r), prediction_type=pred, timestep_spacing=spacing,
+                   steps_offset=r.choice([0, 1]), use_karras_sigmas=r.random() < 0.5,
+                   final_sigmas_type=r.choice(["zero", "sigma_min"]),
+                   interpolation_type=r.choice(["linear", "linear", "log_linear"]),
+                   timestep_type=("continuous" if pred == "v_prediction" and r.random() < 0.3
+                                  else "discrete"),
+                   rescale_betas_zero_snr=r.random() < 0.2)
+        if cfg["use_karras_sigmas"] and r.random() < 0.5:
+            cfg.update(sigma_min=0.05, sigma_max=10.0)
+        if r.random() < 0.5:
+            step = dict(s_churn=r.choice([0.5, 4.0]), s_tmin=r.choice([0.0, 0.5]),
+                        s_tmax=r.choice([float("inf"), 5.0]), s_noise=r.choice([1.0, 1.003]))
+    elif name == "EulerAncestralDiscreteScheduler":
+        cfg = dict(_betas(r), prediction_type=r.choice(["epsilon", "v_prediction"]),
+                   timestep_spacing=spacing, steps_offset=r.choice([0, 1]),
+                   rescale_betas_zero_snr=r.random() < 0.2)
+    elif name == "HeunDiscreteScheduler":
+        cfg = dict(_betas(r, [dict(beta_schedule="exp")]),
+                   prediction_type=r.choice(["epsilon", "v_prediction", "sample"]),
+                   timestep_spacing=spacing, steps_offset=r.choice([0, 1]),
+                   use_karras_sigmas=r.random() < 0.5, clip_sample=r.random() < 0.3)
+    elif name == "DPMSolverMultistepScheduler":
+        sigmas = r.choice(["plain", "plain", "karras", "lu"])
+        cfg = dict(_betas(r), prediction_type=r.choice(["epsilon", "v_prediction", "sample"]),
+                   algorithm_type=r.choice(["dpmsolver++", "sde-dpmsolver++"]),
+                   solver_order=r.choice([1, 2, 2]), solver_type=r.choice(["midpoint", "heun"]),
+                   lower_order_final=r.random() < 0.7, euler_at_final=r.random() < 0.2,
+                   final_sigmas_type=r.choice(["zero", "sigma_min"]),
+                   use_karras_sigmas=sigmas == "karras", use_lu_lambdas=sigmas == "lu",
+                   timestep_spacing=spacing, steps_offset=r.choice([0, 1]),
+                   rescale_betas_zero_snr=r.random() < 0.2)
+    else:
+        cfg = dict(shift=r.choice([1.0, 3.0]), stochastic_sampling=r.random() < 0.4,
+                   use_karras_sigmas=r.random() < 0.3,
+                   shift_terminal=r.choice([None, None, 0.05]),
+                   invert_sigmas=r.random() < 0.15)
+        if r.random() < 0.3:
+            cfg["use_dynamic_shifting"] = True
+            cfg["time_shift_type"] = r.choice(["exponential", "linear"])
+            ts_kw = dict(mu=r.choice([0.5, 1.15]))
+    return cfg, n, ts_kw, step
+
+
+FIXED = [  # edge configs the random draw may miss
+    ("DDIMScheduler", dict(SD, clip_sample=False, set_alpha_to_one=False, steps_offset=1), 25,
+     {}, dict(eta=0.0)),
+    ("EulerDiscreteScheduler", dict(SD, use_karras_sigmas=True), 25, {}, {}),
+    ("DPMSolverMultistepScheduler", dict(SD, use_karras_sigmas=True), 25, {}, {}),
+    ("DPMSolverMultistepScheduler", dict(final_sigmas_type="sigma_min", lower_order_final=False,
+                                         solver_type="heun"), 20, {}, {}),
+    ("DPMSolverMultistepScheduler", dict(use_flow_sigmas=True, flow_shift=3.0,
+                                         prediction_type="flow_prediction"), 12, {}, {}),
+    ("DPMSolverMultistepScheduler", dict(lambda_min_clipped=-5.1, algorithm_type="sde-dpmsolver++",
+                                         beta_schedule="squaredcos_cap_v2"), 15, {}, {}),
+    ("HeunDiscreteScheduler", dict(SD, use_karras_sigmas=True), 12, {}, {}),
+    ("FlowMatchEulerDiscreteScheduler", dict(shift=3.0), 25, {}, {}),
+]
+RANDOM = [(name, *_config(name, random.Random(f"{name}-{k}"))) for name in NAMES
+          for k in range(5)]
+CASES = RANDOM + FIXED
+
+
+def _id(case):
+    name, cfg, n, ts_kw, step = case
+    short = ",".join(f"{k}={v}" for k, v in cfg.items() if k not in ("beta_start", "beta_end"))
+    return f"{name[:-9]}-n{n}-{short}-{step}{ts_kw or ''}"
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor, scale: float = 0.0) -> float:
+    d = (a.double() - b.double()).abs().max().item()
+    return d / max(b.double().abs().max().item(), scale, 1e-30)
+
+
+def _amax(t: torch.Tensor) -> float:
+    return t.double().abs().max().item()
+
+
+def _model(x_in: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """A fixed linear map of the model input plus this step's random tensor (float64 math)."""
+    x = x_in.double()
+    return (0.35 * x + 0.2 * x.roll(1, dims=-1) - 0.1 * x.flip(1) + r).to(x_in.dtype)
+
+
+def _x0_scale(name, cfg, ds, t, x_in: torch.Tensor) -> float:
+    if name in ("DDPMScheduler", "DDIMScheduler") and cfg.get("prediction_type",
+                                                              "epsilon") == "epsilon":
+        return _amax(x_in) / math.sqrt(float(ds.alphas_cumprod[int(t)]))
+    return _amax(x_in)
+
+
+def _loop(name, cfg, n, ts_kw, step_kw, seed, dtype=torch.float32, diffusers=None,
+          begin=None, forced=True):
+    """Run fastgen (and diffusers when given) side by side; returns fastgen's final sample and
+    the worst per-step relative errors (prev_sample, pred_original_sample). ``forced``: each
+    fastgen step takes diffusers' sample as input (so each step is compared on identical inputs;
+    the schedulers' own history, such as DPM-Solver's previous x̂0 or Heun's saved sample, stays
+    their own); else the two loops run free."""
+    fs = getattr(fd, name)(**cfg)
+    fs.set_timesteps(n, **ts_kw)
+    ds = None
+    if diffusers is not None:
+        ds = getattr(diffusers, name)(**cfg)
+        ds.set_timesteps(n, **ts_kw)
+        assert torch.equal(fs.timesteps, ds.timesteps) and fs.timesteps.dtype == ds.timesteps.dtype
+        if hasattr(ds, "sigmas"):
+            assert torch.equal(fs.sigmas, ds.sigmas.to(fs.sigmas.dtype))
+        if hasattr(ds, "init_noise_sigma"):
+            assert float(fs.init_noise_sigma) == float(ds.init_noise_sigma)
+        assert fs.order == ds.order and len(fs) == len(ds)
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(SHAPE, generator=g, dtype=torch.float64) * float(fs.init_noise_sigma))
+    xf = x.to(dtype)
+    xd = xf.clone()
+    gen_f, gen_d = torch.Generator().manual_seed(seed + 1), torch.Generator().manual_seed(seed + 1)
+    explicit = name in ("DDIMScheduler", "DPMSolverMultistepScheduler") and seed % 2 == 0
+    takes_gen = "generator" in inspect.signature(fs.step).parameters
+    worst, worst0 = 0.0, 0.0
+    ts = fs.timesteps
+    if begin is not None:
+        fs.set_begin_index(begin)
+        if ds is not None:
+            ds.set_begin_index(begin)
+        ts = ts[begin:]
+    for i, t in enumerate(ts):
+        kw = dict(step_kw)
+        r = torch.randn(SHAPE, generator=g, dtype=torch.float64)
+        if explicit:
+            kw["variance_noise"] = torch.randn(SHAPE, generator=g).to(dtype)
+        if forced and ds is not None:
+            xf = xd
+        inf = fs.scale_model_input(xf, t)
+        if ds is not None:
+            ind = ds.scale_model_input(xd, t) if hasattr(ds, "scale_model_input") else xd
+            assert torch.equal(fs.scale_model_input(xd, t), ind), f"scale_model_input, step {i}"
+        of = fs.step(_model(inf, r), t, xf, **kw,
+                     **({"generator": gen_f} if takes_gen and not explicit else {}))
+        if ds is not None:
+            od = ds.step(_model(ind, r), t, xd, **kw,
+                         **({"generator": gen_d} if takes_gen and not explicit else {}))
+            worst = max(worst, _rel(of.prev_sample, od.prev_sample, _amax(xd)))
+            x0d = getattr(od, "pred_original_sample", None)
+            if x0d is not None:
+                scale = _x0_scale(name, cfg, ds, t, xd)
+                worst0 = max(worst0, _rel(of.pred_original_sample, x0d, scale))
+            assert of.prev_sample.dtype == od.prev_sample.dtype
+            xd = od.prev_sample
+        xf = of.prev_sample
+    return xf, worst, worst0
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
+def test_parity_with_diffusers(case, seed):
+    diffusers = _diffusers()
+    name, cfg, n, ts_kw, step = case
+    _, worst, worst0 = _loop(name, cfg, n, ts_kw, step, seed, diffusers=diffusers)
+    assert worst <= TOL, f"prev_sample differs from diffusers by {worst:.3g} (relative)"
+    assert worst0 <= TOL, f"pred_original_sample differs from diffusers by {worst0:.3g}"
+
+
+@pytest.mark.parametrize("case", FIXED, ids=[_id(c) for c in FIXED])
+def test_free_running_loops_match_diffusers(case, seed):
+    """The two loops run independently (each on its own samples) and still agree per step."""
+    diffusers = _diffusers()
+    name, cfg, n, ts_kw, step = case
+    _, worst, worst0 = _loop(name, cfg, n, ts_kw, step, seed, diffusers=diffusers, forced=False)
+    assert worst <= TOL and worst0 <= TOL, (worst, worst0)
+
+
+@pytest.mark.parametrize("name,cfg", [("EulerDiscreteScheduler", SD),
+                                      ("HeunDiscreteScheduler", {}),
+                                      ("DPMSolverMultistepScheduler", SD),
+                                      ("FlowMatchEulerDiscreteScheduler", dict(shift=3.0))])
+def test_begin_index_mid_schedule(name, cfg, seed):
+    """img2img-style start: set_begin_index, then the tail of the schedule."""
+    diffusers = _diffusers()
+    begin = 4 * getattr(fd, name).order
+    _, worst, _ = _loop(name, cfg, 10, {}, {}, seed, diffusers=diffusers, begin=begin)
+    assert worst <= TOL
+
+
+def test_custom_schedules(seed):
+    diffusers = _diffusers()
+    cases = [("DDPMScheduler", {}, dict(timesteps=[999, 700, 400, 150, 20, 0])),
+             ("EulerDiscreteScheduler", {}, dict(sigmas=[14.0, 6.0, 2.5, 0.8, 0.1, 0.0])),
+             ("EulerDiscreteScheduler", {}, dict(timesteps=[999.0, 600.0, 300.0, 50.0])),
+             ("HeunDiscreteScheduler", {}, dict(timesteps=[999.0, 500.0, 100.0])),
+             ("DPMSolverMultistepScheduler", {}, dict(timesteps=[999, 750, 500, 250, 50])),
+             ("FlowMatchEulerDiscreteScheduler", dict(shift=3.0),
+              dict(sigmas=[1.0, 0.75, 0.5, 0.25]))]
+    for name, cfg, kw in cases:
+        fs, ds = getattr(fd, name)(**cfg), getattr(diffusers, name)(**cfg)
+        fs.set_timesteps(**kw)
+        ds.set_timesteps(**kw)
+        assert torch.equal(fs.timesteps, ds.timesteps), name
+        assert torch.equal(fs.sigmas if hasattr(ds, "sigmas") else fs.timesteps,
+                           ds.sigmas if hasattr(ds, "sigmas") else ds.timesteps), name
+        x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(seed))
+        for t in fs.timesteps:
+            m = _model(x, torch.zeros(SHAPE, dtype=torch.float64))
+            a = fs.step(m, t, x, **({"generator": torch.Generator().manual_seed(1)}
+                                    if name == "DDPMScheduler" else {})).prev_sample
+            b = ds.step(m, t, x, **({"generator": torch.Generator().manual_seed(1)}
+                                    if name == "DDPMScheduler" else {})).prev_sample
+            assert _rel(a, b, _amax(x)) <= TOL, name
+            x = b
+
+
+def test_generator_list_and_explicit_noise(seed):
+    """A list of generators draws one batch row each, as diffusers' randn_tensor."""
+    diffusers = _diffusers()
+    fs, ds = fd.DDPMScheduler(), diffusers.DDPMScheduler()
+    fs.set_timesteps(5)
+    ds.set_timesteps(5)
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(seed))
+    for t in fs.timesteps:
+        m = _model(x, torch.zeros(SHAPE, dtype=torch.float64))
+        gens = lambda: [torch.Generator().manual_seed(seed + i) for i in range(SHAPE[0])]
+        a = fs.step(m, t, x, generator=gens()).prev_sample
+        b = ds.step(m, t, x, generator=gens()).prev_sample
+        assert _rel(a, b, _amax(x)) <= TOL
+        x = b
+    # DDIM: explicit variance_noise gives the same step as the same noise from a generator
+    s = fd.DDIMScheduler()
+    s.set_timesteps(10)
+    t, m = s.timesteps[2], torch.randn(SHAPE)
+    z = torch.randn(SHAPE, generator=torch.Generator().manual_seed(seed))
+    a = s.step(m, t, x, eta=1.0, variance_noise=z).prev_sample
+    b = s.step(m, t, x, eta=1.0, generator=torch.Generator().manual_seed(seed)).prev_sample
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_add_noise_matches_diffusers(seed):
+    diffusers = _diffusers()
+    g = torch.Generator().manual_seed(seed)
+    x0, z = torch.randn(SHAPE, generator=g), torch.randn(SHAPE, generator=g)
+    for name in NAMES:
+        fs, ds = getattr(fd, name)(), getattr(diffusers, name)()
+        fs.set_timesteps(10)
+        ds.set_timesteps(10)
+        ts = fs.timesteps[torch.tensor([1, 6])]
+        if name == "FlowMatchEulerDiscreteScheduler":
+            a, b = fs.scale_noise(x0, ts, z), ds.scale_noise(x0, ts, z)
+        else:
+            a, b = fs.add_noise(x0, z, ts), ds.add_noise(x0, z, ts)
+        assert _rel(a, b) <= 1e-6, name
+        if name in ("DDPMScheduler", "DDIMScheduler"):
+            torch.testing.assert_close(fs.get_velocity(x0, z, ts), ds.get_velocity(x0, z, ts))
+
+
+# --- the exact-Gaussian oracle -----------------------------------------------------------------
+
+MU, S0 = 0.5, 0.2
+
+
+def _gaussian_eps(alphas_cumprod: torch.Tensor):
+    """E[ε | x_t] for data x0 ~ N(MU, S0²) (float64; ā interpolated at fractional t)."""
+    ac = alphas_cumprod.double()
+
+    def eps(x, t):
+        t = float(t)
+        lo = min(int(math.floor(t)), len(ac) - 1)
+        hi, w = min(lo + 1, len(ac) - 1), t - lo
+        a = (1 - w) * ac[lo] + w * ac[hi]
+        return ((1 - a).sqrt() * (x.double() - a.sqrt() * MU) / (a * S0 ** 2 + 1 - a)).to(x.dtype)
+    return eps
+
+
+@pytest.mark.parametrize("name,cfg", [("DDIMScheduler", dict(clip_sample=False)),
+                                      ("EulerDiscreteScheduler", {}),
+                                      ("DPMSolverMultistepScheduler", {}),
+                                      ("DPMSolverMultistepScheduler",
+                                       dict(algorithm_type="sde-dpmsolver++")),
+                                      ("HeunDiscreteScheduler", dict(beta_start=1e-4,
+                                                                     beta_end=0.02)),
+                                      ("DDPMScheduler", {})])
+def test_exact_gaussian_oracle(name, cfg):
+    """Sampling the exact denoiser of N(μ, s0²) data gives mean → μ and std → s0."""
+    stds = []
+    for n in (10, 50, 200):
+        s = getattr(fd, name)(**cfg)
+        s.set_timesteps(n)
+        eps = _gaussian_eps(s.alphas_cumprod)
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(4, 4, 16, 16, generator=g) * s.init_noise_sigma
+        gen = {"generator": g} if "generator" in inspect.signature(s.step).parameters else {}
+        for t in s.timesteps:
+            x = s.step(eps(s.scale_model_input(x, t), t), t, x, **gen).prev_sample
+        assert abs(x.mean().item() - MU) < 0.01, (n, x.mean().item())
+        stds.append(x.std().item())
+    errs = [abs(v - S0) for v in stds]
+    assert errs[2] < errs[0] and errs[2] < 0.02, stds
+
+
+# --- reduced precision -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 5e-3), (torch.bfloat16, 3e-2)])
+@pytest.mark.parametrize("name", NAMES)
+def test_half_precision_close_to_float32(name, dtype, tol, seed):
+    cfg = dict(SD) if name != "FlowMatchEulerDiscreteScheduler" else dict(shift=3.0)
+    if name == "DDIMScheduler":
+        cfg["clip_sample"] = False
+    ref, _, _ = _loop(name, cfg, 10, {}, {}, seed)
+    low, _, _ = _loop(name, cfg, 10, {}, {}, seed, dtype=dtype)
+    assert low.dtype == dtype
+    assert _rel(low, ref) <= tol
+
+
+# --- the step is one fused call ----------------------------------------------------------------
+
+@pytest.mark.parametrize("name", NAMES)
+def test_one_fused_call_per_step(name, monkeypatch):
+    calls = []
+    inner = _base.sampler_step
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs)
+        return inner(*args, **kwargs)
+
+    monkeypatch.setattr(_base, "sampler_step", counting)
+    cfg = dict(algorithm_type="sde-dpmsolver++") if name.startswith("DPM") else {}
+    s = getattr(fd, name)(**cfg)
+    s.set_timesteps(6)
+    x = torch.randn(SHAPE)
+    for i, t in enumerate(s.timesteps):
+        calls.clear()
+        out = s.step(torch.randn(SHAPE), t, s.scale_model_input(x, t),
+                     **({"generator": torch.Generator()}
+                        if "generator" in inspect.signature(s.step).parameters else {}))
+        assert len(calls) == 1, (i, len(calls))
+        if out.keys() == ["prev_sample", "pred_original_sample"]:
+            x0 = out.pred_original_sample            # computed on first read
+            assert x0.shape == x.shape and len(calls) <= 2
+            assert out.pred_original_sample is x0 and len(calls) <= 2
+            assert torch.equal(out[1], x0) and torch.equal(out[0], out.prev_sample)
+        x = out.prev_sample
+
+
+# --- config handling ---------------------------------------------------------------------------
+
+def _public(cfg):
+    return {k: v for k, v in cfg.items() if not k.startswith("_")}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_config_keys_defaults_and_round_trip(name):
+    diffusers = _diffusers()
+    cls, dcls = getattr(fd, name), getattr(diffusers, name)
+    f = cls()
+    assert _public(f.config) == _public(dcls().config)          # same keys and defaults
+    assert f.config.num_train_timesteps == 1000                  # attribute access
+    g = cls.from_config(f.config)
+    assert dict(g.config) == dict(f.config)
+    # from a diffusers scheduler's FrozenDict (with private keys), and back
+    d = dcls(num_train_timesteps=500)
+    h = cls.from_config(d.config)
+    assert _public(h.config) == _public(d.config)
+    assert _public(dcls.from_config(h.config).config) == _public(d.config)
+    assert cls.from_config(d.config, num_train_timesteps=300).config.num_train_timesteps == 300
+    with pytest.raises(TypeError):
+        f.config["num_train_timesteps"] = 3
+    with pytest.raises(TypeError):
+        f.config.num_train_timesteps = 3
+
+
+def test_from_other_scheduler_configs():
+    """Swapping schedulers: the result equals diffusers' own from_config of the same source."""
+    diffusers = _diffusers()
+    sources = [diffusers.PNDMScheduler(**SD, skip_prk_steps=True, steps_offset=1,
+                                       set_alpha_to_one=False),
+               diffusers.DDIMScheduler(),
+               diffusers.EulerDiscreteScheduler(prediction_type="v_prediction",
+                                                timestep_spacing="trailing"),
+               diffusers.UniPCMultistepScheduler(solver_type="bh2")]
+    for src in sources:
+        for name in NAMES[:-1]:
+            ours = getattr(fd, name).from_config(src.config)
+            theirs = getattr(diffusers, name).from_config(src.config)
+            assert _public(ours.config) == _public(theirs.config), (type(src).__name__, name)
+
+
+def test_save_and_load_config(tmp_path):
+    diffusers = _diffusers()
+    s = fd.DPMSolverMultistepScheduler(**SD, use_karras_sigmas=True)
+    s.save_config(str(tmp_path))
+    assert _public(fd.DPMSolverMultistepScheduler.from_pretrained(str(tmp_path)).config) == \
+        _public(s.config)
+    d = diffusers.DPMSolverMultistepScheduler.from_pretrained(str(tmp_path))
+    assert _public(d.config) == _public(s.config)
+
+
+def test_ddim_pipeline_with_fastgen_scheduler():
+    diffusers = _diffusers()
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=16, in_channels=3, out_channels=3,
+                                 layers_per_block=1, block_out_channels=(16, 32),
+                                 down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                                 up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                                 norm_num_groups=8).eval()
+    pipe = diffusers.DDIMPipeline(unet=unet, scheduler=diffusers.DDIMScheduler())
+    pipe.set_progress_bar_config(disable=True)
+
+    def run():
+        return pipe(batch_size=2, num_inference_steps=4, eta=0.5, output_type="np",
+                    generator=torch.Generator().manual_seed(3)).images
+
+    ref = run()
+    pipe.scheduler = fd.DDIMScheduler.from_config(pipe.scheduler.config)
+    out = run()
+    assert isinstance(pipe.scheduler, fd.DDIMScheduler)
+    assert abs(out - ref).max() <= 1e-5
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", NAMES)
+def test_step_errors(name):
+    s = getattr(fd, name)()
+    x = torch.randn(SHAPE)
+    with pytest.raises(ValueError, match="set_timesteps"):
+        s.step(x, s.timesteps[0], x)
+    s.set_timesteps(5)
+    t = s.timesteps[0]
+    with pytest.raises(ValueError, match="not in the schedule"):
+        s.step(x, 12345, x)
+    with pytest.raises(ValueError, match="shape"):
+        s.step(torch.randn(2, 4, 8, 9), t, x)
+    with pytest.raises(TypeError, match="model_output is torch.float64"):
+        s.step(x.double(), t, x)
+    with pytest.raises(ValueError, match="scalar"):
+        s.step(x, s.timesteps[:2], x)
+    with pytest.raises(TypeError, match="timestep"):
+        s.step(x, "999", x)
+    s.step(x, t, x)  # the valid call still works after the failures
+
+
+@pytest.mark.parametrize("name,bad", [
+    ("DDPMScheduler", dict(thresholding=True)),
+    ("DDPMScheduler", dict(variance_type="learned_range")),
+    ("DDPMScheduler", dict(prediction_type="flow")),
+    ("DDPMScheduler", dict(beta_schedule="cubic")),
+    ("DDIMScheduler", dict(thresholding=True)),
+    ("DDIMScheduler", dict(timestep_spacing="karras")),
+    ("EulerDiscreteScheduler", dict(use_exponential_sigmas=True)),
+    ("EulerDiscreteScheduler", dict(use_beta_sigmas=True)),
+    ("EulerDiscreteScheduler", dict(final_sigmas_type="one")),
+    ("EulerAncestralDiscreteScheduler", dict(prediction_type="sample")),
+    ("HeunDiscreteScheduler", dict(use_exponential_sigmas=True)),
+    ("DPMSolverMultistepScheduler", dict(algorithm_type="dpmsolver")),
+    ("DPMSolverMultistepScheduler", dict(algorithm_type="sde-dpmsolver")),
+    ("DPMSolverMultistepScheduler", dict(solver_order=3)),
+    ("DPMSolverMultistepScheduler", dict(thresholding=True)),
+    ("DPMSolverMultistepScheduler", dict(variance_type="learned_range")),
+    ("DPMSolverMultistepScheduler", dict(use_beta_sigmas=True)),
+    ("FlowMatchEulerDiscreteScheduler", dict(use_exponential_sigmas=True)),
+])
+def test_unsupported_config_values(name, bad):
+    key = next(iter(bad))
+    with pytest.raises(ValueError, match=key):
+        getattr(fd, name)(**bad)
+    with pytest.raises(ValueError, match=key):
+        getattr(fd, name).from_config(bad)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_unknown_config_keys(name):
+    cls = getattr(fd, name)
+    with pytest.raises(ValueError, match="beta_shedule"):
+        cls(beta_shedule="linear")
+    with pytest.raises(ValueError, match="beta_shedule"):
+        cls.from_config({"beta_shedule": "linear"})
+    with pytest.raises(ValueError, match="not_a_key"):
+        cls.from_config({}, not_a_key=1)
+    # other diffusers schedulers' keys are skipped, as diffusers does
+    cls.from_config({"skip_prk_steps": True, "_class_name": "PNDMScheduler"})
+
+
+def test_misc_errors():
+    x = torch.randn(SHAPE)
+    s = fd.DDIMScheduler()
+    s.set_timesteps(10)
+    with pytest.raises(ValueError, match="generator or variance_noise"):
+        s.step(x, s.timesteps[0], x, eta=1.0, generator=torch.Generator(),
+               variance_noise=x)
+    with pytest.raises(ValueError, match="variance_noise"):
+        s.step(x, s.timesteps[0], x, eta=1.0, variance_noise=x[:1])
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        s.set_timesteps(0)
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        s.set_timesteps(2000)
+    d = fd.DPMSolverMultistepScheduler()
+    with pytest.raises(NotImplementedError, match="mu"):
+        d.set_timesteps(10, mu=1.0)
+    f = fd.FlowMatchEulerDiscreteScheduler()
+    f.set_timesteps(4)
+    with pytest.raises(NotImplementedError, match="per_token_timesteps"):
+        f.step(x, f.timesteps[0], x, per_token_timesteps=torch.ones(2))
+    z = fd.DDIMScheduler(rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    z.set_timesteps(4)
+    with pytest.raises(ValueError, match="v_prediction"):
+        z.step(x, z.timesteps[0], x)
+
+
+def test_timestep_forms():
+    """Python numbers, 0-dim and 1-element tensors name the same timestep."""
+    outs = []
+    for form in (lambda t: t, lambda t: float(t), lambda t: t.reshape(1),
+                 lambda t: t.to(torch.float64)):
+        s = fd.EulerDiscreteScheduler()
+        s.set_timesteps(5)
+        x = torch.ones(SHAPE)
+        for t in s.timesteps:
+            x = s.step(torch.zeros(SHAPE) + 0.1, form(t), s.scale_model_input(x, form(t)))
+            x = x.prev_sample
+        outs.append(x)
+    for o in outs[1:]:
+        assert torch.equal(o, outs[0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_step_does_not_synchronise():
+    """On CUDA, a loop over scheduler.timesteps neither syncs nor leaves the device."""
+    dev = torch.device("cuda")
+    for name in NAMES:
+        cfg = dict(algorithm_type="sde-dpmsolver++") if name.startswith("DPM") else {}
+        s = getattr(fd, name)(**cfg)
+        for attempt in range(2):  # the first pass warms up kernels (compilation may sync)
+            s.set_timesteps(6, device=dev)
+            x = torch.randn(SHAPE, device=dev)
+            gen = torch.Generator(device=dev).manual_seed(0)
+            kw = {"generator": gen} if "generator" in inspect.signature(s.step).parameters else {}
+            m = torch.randn(SHAPE, device=dev)
+            torch.cuda.synchronize()
+            if attempt:
+                torch.cuda.set_sync_debug_mode("error")
+            try:
+                for t in s.timesteps:
+                    x = s.step(m, t, s.scale_model_input(x, t), **kw).prev_sample
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+            assert x.device.type == "cuda" and torch.isfinite(x).all()
+
+
+def test_lazy_pred_original_sample_refuses_modified_inputs():
+    """x̂0 is computed on first read; if the step's inputs changed in place since, reading it
+    raises instead of returning a value for the wrong inputs."""
+    from fastgen.diffusion import DDIMScheduler
+
+    s = DDIMScheduler()
+    s.set_timesteps(10)
+    x = torch.randn(2, 3, 4, 4)
+    m = torch.randn(2, 3, 4, 4)
+    out = s.step(m, s.timesteps[0], x)
+    early = s.step(m, s.timesteps[0], x).pred_original_sample  # read at once: fine
+    assert torch.isfinite(early).all()
+    m.mul_(2.0)
+    with pytest.raises(RuntimeError, match="modified in place"):
+        _ = out.pred_original_sample
