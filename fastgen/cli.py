@@ -65,6 +65,12 @@ def _demo_image(args) -> int:
     return image.run(args)
 
 
+def _demo_diffusion(args) -> int:
+    from .demos import diffusion
+
+    return diffusion.run(args)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="fastgen", description="fastgen: fused kernels for "
                                      "generative models. Commands: info, bench, demo.")
@@ -90,13 +96,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     p.set_defaults(func=_bench)
 
-    from .demos import DEMOS, image
+    from .demos import DEMOS, diffusion, image
 
     p = sub.add_parser("demo", help="end-to-end demos: " + ", ".join(DEMOS))
     demos = p.add_subparsers(dest="demo", required=True)
     d = demos.add_parser("image", help=DEMOS["image"])
     image.add_arguments(d)
     d.set_defaults(func=_demo_image)
+    d = demos.add_parser("diffusion", help=DEMOS["diffusion"])
+    diffusion.add_arguments(d)
+    d.set_defaults(func=_demo_diffusion)
 
     args = parser.parse_args(argv)
     if getattr(args, "repeats", 1) < 1 or getattr(args, "warmup", 1) < 0:

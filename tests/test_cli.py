@@ -1,6 +1,7 @@
 """`fastgen info` (and `python -m fastgen`): versions, build flags, devices, backend per op."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -53,3 +54,55 @@ def test_demo_image_errors(tmp_path):
 
     with pytest.raises(SystemExit, match="is not a file"):
         main(["demo", "image", "--image", str(tmp_path / "missing.png"), "--steps", "1"])
+
+
+def test_demo_diffusion_tiny(tmp_path, capsys):
+    import pytest
+    from PIL import Image
+
+    pytest.importorskip("fastgen.diffusion")
+    out = tmp_path / "out"
+    assert main(["demo", "diffusion", "--steps", "3", "--sampling-steps", "2", "--n", "4",
+                 "--n-train", "64", "--timing-repeats", "1", "--scheduler", "euler_a",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "step      3" in text and "trained 3 steps" in text, text
+    assert "fastgen.diffusion" in text and "EulerAncestralDiscreteScheduler" in text, text
+    timing = [line for line in text.splitlines() if line.startswith("per sampling step")]
+    assert len(timing) == 1 and "scheduler.step fastgen" in timing[0] and "vs reference" in \
+        timing[0] and "model forward" in timing[0], text
+    # the fused step and its reference draw the same noise: the samples agree to float32
+    # rounding of values up to ~500 (sigma_max 157; 3e-5 measured), not O(1) as other noise gives
+    assert float(timing[0].rsplit("at most ", 1)[1].rstrip(".")) < 1e-3, timing[0]
+    for name, size in (("samples_euler_a.png", 140), ("training_shapes.png", 140)):
+        with Image.open(out / name) as im:      # 2 x 2 grid of 16 px + 1 px padding, x4
+            assert im.size == (size, size) and im.mode == "L"
+
+
+def test_demo_diffusion_errors(tmp_path, monkeypatch):
+    import pytest
+
+    monkeypatch.setitem(sys.modules, "fastgen.diffusion", None)   # as if it were missing
+    with pytest.raises(SystemExit, match="fastgen.diffusion"):
+        main(["demo", "diffusion", "--steps", "1", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--sampling-steps must be >= 1"):
+        main(["demo", "diffusion", "--steps", "1", "--sampling-steps", "0"])
+    assert not any(tmp_path.iterdir())          # failed before training, wrote nothing
+
+
+def test_demo_diffusion_reference_backend_switch(monkeypatch):
+    """The demo's reference timing must really run sampler_step's reference, then restore."""
+    from fastgen.demos.diffusion import reference_backend
+    from fastgen.registry import ENV_VAR, get
+
+    op = get("sampler_step")
+    for before in (None, "reference,bias_act=cpu"):
+        if before is None:
+            monkeypatch.delenv(ENV_VAR, raising=False)
+        else:
+            monkeypatch.setenv(ENV_VAR, before)
+        with reference_backend():
+            assert op.select("cpu").name == "reference"
+        assert os.environ.get(ENV_VAR) == before
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    assert op.select("cpu").name == ("cpu" if op.reasons("cpu")["cpu"] is None else "reference")

@@ -1,3 +1,5 @@
 """``fastgen demo``: end-to-end demos, each a thin command over a :mod:`fastgen.models` wrapper."""
 
-DEMOS = {"image": "fit a photo with a hash-grid encoding + MLP (Instant-NGP's 2-D task)"}
+DEMOS = {"image": "fit a photo with a hash-grid encoding + MLP (Instant-NGP's 2-D task)",
+         "diffusion": "train a tiny UNet denoiser on 16x16 shapes, sample with a fastgen.diffusion "
+                      "scheduler, time its step against the reference"}

@@ -1,5 +1,8 @@
 """Thin model wrappers built from fastgen modules (demos and end-to-end checks)."""
 
+from .denoiser import (SCHEDULERS, Denoiser, SamplingTiming, TrainResult, make_scheduler, sample,
+                       train_denoiser)
 from .image import FitResult, NeuralImage, fit_image, psnr
 
-__all__ = ["NeuralImage", "FitResult", "fit_image", "psnr"]
+__all__ = ["NeuralImage", "FitResult", "fit_image", "psnr", "Denoiser", "TrainResult",
+           "SamplingTiming", "train_denoiser", "sample", "make_scheduler", "SCHEDULERS"]

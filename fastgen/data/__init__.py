@@ -1,0 +1,5 @@
+"""Small embedded datasets (no downloads) for demos and end-to-end checks."""
+
+from .digits import DATASETS, SHAPES, have_digits, load_digits, load_images, make_shapes
+
+__all__ = ["make_shapes", "load_digits", "load_images", "have_digits", "SHAPES", "DATASETS"]
