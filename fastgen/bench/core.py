@@ -34,6 +34,8 @@ class Case:
     flops:      floating-point operations of the work (0: not meaningful): TFLOP/s column.
     items:      work items of one call, e.g. points encoded (0: not meaningful), named by
                 ``item`` ("pts"): a rate column, items per second.
+    inner:      calls per timed sample (their mean is the sample): sub-millisecond cases use
+                several, so that one sample is not one timer read around a cold call.
     """
 
     op: str
@@ -51,6 +53,7 @@ class Case:
     flops: int = 0
     items: int = 0
     item: str = ""
+    inner: int = 1
 
     @property
     def id(self) -> str:
@@ -191,7 +194,12 @@ def measure(case: Case, repeats: int = 7, warmup: int = 2,
         say(f"round {r + 1}/{repeats}")
         for name in names[r % len(names):] + names[:r % len(names)]:
             fn = contenders[name]
-            samples[name].append(time_call(lambda: fn(state), case.device))  # noqa: B023
+            if case.inner == 1:
+                samples[name].append(time_call(lambda: fn(state), case.device))  # noqa: B023
+            else:
+                samples[name].append(time_call(
+                    lambda: [fn(state) for _ in range(case.inner)], case.device)  # noqa: B023
+                    / case.inner)
 
     def q(xs, p):
         xs = sorted(xs)

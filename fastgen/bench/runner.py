@@ -21,9 +21,10 @@ __all__ = ["all_cases", "select", "run", "format_table", "write_json", "plot", "
 
 def all_cases(device: str) -> list[Case]:
     """Every benchmark case on ``device``, op family by op family."""
-    from . import attention, bias_act, hashgrid
+    from . import attention, bias_act, hashgrid, sampler
 
-    return bias_act.cases(device) + attention.cases(device) + hashgrid.cases(device)
+    return (bias_act.cases(device) + attention.cases(device) + hashgrid.cases(device)
+            + sampler.cases(device))
 
 
 def select(cases: Sequence[Case], tier: str = "quick", pattern: Optional[str] = None
@@ -87,6 +88,14 @@ def _fmt(v: Optional[float], spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _others(r: Result) -> str:
+    """The peers the table's peer column does not show: 'name ms (×ratio)'."""
+    shown = {"fastgen", "reference", r.peer}
+    cells = [f"{k} {v:.2f} ms ({r.speedup(k):.2f}x)" for k, v in r.ms.items()
+             if k not in shown and v is not None and r.speedup(k) is not None]
+    return "; ".join(cells) or "-"
+
+
 def format_table(results: Sequence[Result]) -> str:
     """Markdown table: one row per case, ratios > 1 mean fastgen is faster.
 
@@ -107,6 +116,9 @@ def format_table(results: Sequence[Result]) -> str:
     with_rate = any(r.items for r in results)
     if with_rate:
         head.append("rate")
+    with_others = any(len(r.ms) > 3 for r in results)
+    if with_others:
+        head.append("other peers")
     rows = []
     for r in results:
         peer = r.peer
@@ -119,7 +131,8 @@ def format_table(results: Sequence[Result]) -> str:
             + ([_fmt(r.peak_mb.get("fastgen"), ".0f")] if with_peak else [])
             + ([_fmt(r.tflops(), ".3g"), _fmt(r.tflops(peer) if peer else None, ".3g")]
                if with_flops else [])
-            + ([f"{r.rate() / 1e6:.3g} M{r.item}/s" if r.rate() else "-"] if with_rate else []))
+            + ([f"{r.rate() / 1e6:.3g} M{r.item}/s" if r.rate() else "-"] if with_rate else [])
+            + ([_others(r)] if with_others else []))
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     out = [line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
