@@ -421,6 +421,20 @@ class SchedulerBase:
         if isinstance(v, bool) or not isinstance(v, numbers.Real) or math.isnan(v):
             raise ValueError(f"{type(self).__name__}: {key} must be a number, got {v!r}")
 
+    def _clip_range(self) -> Optional[float]:
+        """The x̂0 clip for clip_sample / clip_sample_range (checked in __init__): None when
+        clipping is off or the range is infinite (as a clamp to ±inf would be)."""
+        c = self.config
+        if not c.clip_sample or math.isinf(c.clip_sample_range):
+            return None
+        return float(c.clip_sample_range)
+
+    def _check_clip_range(self) -> None:
+        self._check_number("clip_sample_range")
+        if self.config["clip_sample_range"] < 0:
+            raise ValueError(f"{type(self).__name__}: clip_sample_range must be >= 0, got "
+                             f"{self.config['clip_sample_range']!r}")
+
     def _build_alphas_cumprod(self, beta_schedules: Sequence[str],
                               zero_snr_euler: bool = False) -> None:
         """betas / alphas / alphas_cumprod (float32 CPU tensors, as diffusers) from the config,
@@ -604,6 +618,16 @@ class StepIndexMixin:
             self._step_index = self.index_for_timestep(timestep)
         else:
             self._step_index = self._begin_index
+
+    def _refuse_index(self, timestep) -> None:
+        """diffusers' Euler-family rule: an integer (an index from ``enumerate``) is not a
+        timestep of a sigma schedule; refuse it rather than look its value up."""
+        if (isinstance(timestep, numbers.Integral) and not isinstance(timestep, bool)) or (
+                isinstance(timestep, torch.Tensor) and not timestep.is_floating_point()
+                and timestep.dtype != torch.bool):
+            raise ValueError(f"{type(self).__name__}.step: integer timesteps (e.g. indices from "
+                             f"enumerate(timesteps)) are not supported; pass one of "
+                             f"scheduler.timesteps")
 
     def _advance_to(self, timestep) -> int:
         """The current step index, initialised from ``timestep`` on the first call. Later calls

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -44,7 +45,7 @@ class DDIMScheduler(SchedulerBase):
         self._check_choice("prediction_type", PREDICTION_TYPES)
         self._check_false("thresholding", "dynamic thresholding needs a per-sample quantile")
         self._check_spacing()
-        self._check_number("clip_sample_range")
+        self._check_clip_range()
         self._build_alphas_cumprod(("linear", "scaled_linear", "squaredcos_cap_v2"))
         self.final_alpha_cumprod = (torch.tensor(1.0) if set_alpha_to_one
                                     else self.alphas_cumprod[0])
@@ -86,7 +87,7 @@ class DDIMScheduler(SchedulerBase):
         if self.num_inference_steps is None or not self._ready:
             raise ValueError("DDIMScheduler.step: call set_timesteps(...) first")
         self._check_inputs(model_output, sample)
-        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta):
+        if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not math.isfinite(eta):
             raise ValueError(f"DDIMScheduler.step: eta must be a finite number, got {eta!r}")
         c = self.config
         self._sync_host_schedule()
@@ -130,7 +131,7 @@ class DDIMScheduler(SchedulerBase):
                             c_x0=math.sqrt(a_prev) + direction * e_0, c_model=direction * e_m,
                             noise=noise, c_noise=std if noise is not None else 0.0,
                             x0_sample=px, x0_model=pm,
-                            clip_x0=float(c.clip_sample_range) if c.clip_sample else None,
+                            clip_x0=self._clip_range(),
                             want_x0="lazy" if return_dict else "eager")
         return out if return_dict else out.to_tuple()
 

@@ -74,7 +74,7 @@ class DDPMScheduler(SchedulerBase):
                            "learned variances and fixed_large_log are not implemented")
         self._check_false("thresholding", "dynamic thresholding needs a per-sample quantile")
         self._check_spacing()
-        self._check_number("clip_sample_range")
+        self._check_clip_range()
         self._build_alphas_cumprod(("linear", "scaled_linear", "squaredcos_cap_v2", "laplace",
                                     "sigmoid"))
         self.one = torch.tensor(1.0)
@@ -162,7 +162,7 @@ class DDPMScheduler(SchedulerBase):
             c_z = math.sqrt(beta) if self.variance_type == "fixed_large" else math.sqrt(var)
         out, _ = fused_step(sample, model_output, c_sample=c_x, c_x0=c_x0, noise=noise,
                             c_noise=c_z, x0_sample=px, x0_model=pm,
-                            clip_x0=float(c.clip_sample_range) if c.clip_sample else None,
+                            clip_x0=self._clip_range(),
                             want_x0="lazy" if return_dict else "eager")
         return out if return_dict else out.to_tuple()
 

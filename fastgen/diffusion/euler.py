@@ -202,6 +202,7 @@ class EulerDiscreteScheduler(_SigmaScheduler):
         self._require_ready()
         self._check_inputs(model_output, sample)
         c = self.config
+        self._refuse_index(timestep)
         i = self._advance_to(timestep)
         sigma, sigma_next = self._sig[i], self._sig[i + 1]
         gamma = (min(s_churn / (len(self._sig) - 1), 2 ** 0.5 - 1)
@@ -285,6 +286,7 @@ class EulerAncestralDiscreteScheduler(_SigmaScheduler):
         self._require_ready()
         self._check_inputs(model_output, sample)
         c = self.config
+        self._refuse_index(timestep)
         i = self._advance_to(timestep)
         sigma, sigma_to = self._sig[i], self._sig[i + 1]
         sigma_up = math.sqrt(sigma_to ** 2 * (sigma ** 2 - sigma_to ** 2) / sigma ** 2)

@@ -160,6 +160,7 @@ class FlowMatchEulerDiscreteScheduler(StepIndexMixin, SchedulerBase):
                                       "per_token_timesteps is not supported")
         self._require_ready()
         self._check_inputs(model_output, sample)
+        self._refuse_index(timestep)
         i = self._advance_to(timestep)
         sigma, sigma_next = self._sig[i], self._sig[i + 1]
         if self.config.stochastic_sampling:

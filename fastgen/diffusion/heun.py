@@ -42,7 +42,7 @@ class HeunDiscreteScheduler(_SigmaScheduler):
         self._check_choice("prediction_type", ("epsilon", "v_prediction", "sample"))
         self._check_false("use_exponential_sigmas", "not implemented")
         self._check_false("use_beta_sigmas", "not implemented")
-        self._check_number("clip_sample_range")
+        self._check_clip_range()
         self._check_spacing()
         self._build_alphas_cumprod(("linear", "scaled_linear", "squaredcos_cap_v2", "exp"))
         self.use_karras_sigmas = use_karras_sigmas
@@ -105,7 +105,7 @@ class HeunDiscreteScheduler(_SigmaScheduler):
         self._check_inputs(model_output, sample)
         c = self.config
         i = self._advance_to(timestep)
-        clip = float(c.clip_sample_range) if c.clip_sample else None
+        clip = self._clip_range()
         eps_exact = c.prediction_type == "epsilon" and clip is None
         eager = "eager"
         if self.state_in_first_order:

@@ -157,6 +157,7 @@ def _check(x, m, c_sample, c_x0, c_model, history, c_history, noise, c_noise, x0
                                  f"cond) for sample [B, ...] = {list(x.shape)}, got "
                                  f"{list(m.shape) if isinstance(m, torch.Tensor) else m!r}")
             u, m = m.chunk(2)
+            u = _tensor_like("model_output", u, x)  # the halves of a strided output: contiguous
         else:
             u = _tensor_like("uncond", uncond, x)
     elif uncond is not None:

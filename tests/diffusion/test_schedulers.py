@@ -501,7 +501,13 @@ def test_step_errors(name):
     s.set_timesteps(5)
     t = s.timesteps[0]
     with pytest.raises(ValueError, match="not in the schedule"):
-        s.step(x, 12345, x)
+        s.step(x, 12345.0, x)
+    if name in ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
+                "FlowMatchEulerDiscreteScheduler"):  # diffusers' rule: an int is an index
+        with pytest.raises(ValueError, match="integer timesteps"):
+            s.step(x, 0, x)
+        with pytest.raises(ValueError, match="integer timesteps"):
+            s.step(x, torch.tensor(3), x)
     with pytest.raises(ValueError, match="shape"):
         s.step(torch.randn(2, 4, 8, 9), t, x)
     with pytest.raises(TypeError, match="model_output is torch.float64"):
@@ -635,3 +641,17 @@ def test_lazy_pred_original_sample_refuses_modified_inputs():
     m.mul_(2.0)
     with pytest.raises(RuntimeError, match="modified in place"):
         _ = out.pred_original_sample
+
+
+def test_clip_sample_range_inf_means_no_clip_and_negative_is_refused():
+    from fastgen.diffusion import DDIMScheduler
+
+    x, m = torch.randn(2, 3, 4, 4) * 5, torch.randn(2, 3, 4, 4) * 5
+    outs = []
+    for kw in (dict(clip_sample=True, clip_sample_range=float("inf")), dict(clip_sample=False)):
+        s = DDIMScheduler(**kw)
+        s.set_timesteps(10)
+        outs.append(s.step(m, s.timesteps[3], x, return_dict=False))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+    with pytest.raises(ValueError, match="clip_sample_range must be >= 0"):
+        DDIMScheduler(clip_sample_range=-1.0)

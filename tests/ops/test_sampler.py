@@ -116,6 +116,11 @@ def test_cfg_batched_equals_separate(device, backend, gen):
     assert torch.equal(a, b)
     want = (0.5 * x.double() + 0.25 * (u.double() + 7.5 * (c.double() - u.double())))
     _assert_rel(a, want, 4e-6, "cfg step")
+    # A channels-last batched output: its halves are strided; both must still be read right.
+    both = torch.cat([u, c]).reshape(6, 4, 5, 1).contiguous(memory_format=torch.channels_last)
+    x4 = x.reshape(3, 4, 5, 1)
+    d = sampler_step(x4, both, guidance_scale=7.5, c_sample=0.5, c_model=0.25, backend=backend)
+    _assert_rel(d.reshape(3, 4, 5), want, 4e-6, "cfg step, channels-last batched output")
     g1 = cfg_combine(u, c, guidance_scale=3.0, backend=backend)
     g2 = cfg_combine(torch.cat([u, c]), guidance_scale=3.0, backend=backend)
     assert torch.equal(g1, g2)
