@@ -37,6 +37,11 @@ timeout 90 $py -m fastgen bench --device cuda --full --filter hashgrid --no-prog
   --json "$out/bench_hashgrid.json" > "$out/bench_hashgrid.txt" 2>&1
 cat "$out/bench_hashgrid.txt"
 
+# Sampler step: the fused kernel's GB/s against the copy-bandwidth floor (goal >= 80 %).
+timeout 60 $py -m fastgen bench --device cuda --full --filter sampler_step --no-progress \
+  --json "$out/bench_sampler.json" > "$out/bench_sampler.txt" 2>&1
+cat "$out/bench_sampler.txt"
+
 timeout 360 $py -m pytest -q -p no:cacheprovider tests/ops/test_attention.py tests \
   > "$out/tests.txt" 2>&1
 echo "pytest exit status $?" >> "$out/tests.txt"
