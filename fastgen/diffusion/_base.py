@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
-from ..ops.sampler import sampler_step
+from ..ops.sampler import StepCoeffs, sampler_step, sampler_step_unchecked
 
 __all__ = ["FrozenConfig", "SchedulerOutput", "SchedulerBase", "UnknownConfigKeyError",
            "register_config", "randn_tensor"]
@@ -669,18 +669,19 @@ def fused_step(sample: torch.Tensor, model_output: torch.Tensor, *, c_sample: fl
     object and x̂0 when eager."""
     if noise is not None and c_noise == 0.0 and x0_noise == 0.0:
         noise = None
-    if c_x0 == 0.0 and x0_noise == 0.0 and want_x0 != "eager":
-        # x̂0 does not enter the output: its clip is irrelevant to it.
-        out = sampler_step(sample, model_output, c_sample=c_sample, c_model=c_model,
-                           history=history, c_history=c_history, noise=noise, c_noise=c_noise)
-    else:
-        out = sampler_step(sample, model_output, c_sample=c_sample, c_x0=c_x0, c_model=c_model,
-                           history=history, c_history=c_history, noise=noise, c_noise=c_noise,
-                           x0_sample=x0_sample, x0_model=x0_model, x0_noise=x0_noise,
-                           clip_x0=clip_x0, return_x0=want_x0 == "eager")
-    x0 = None
+    hs = list(history) + [None, None]
+    ch = [float(c) for c in c_history] + [0.0, 0.0]
+    k = StepCoeffs(1.0, float(x0_sample), float(x0_model), float(x0_noise), float(c_sample),
+                   float(c_x0), float(c_model), ch[0], ch[1], float(c_noise))
+    for name, v in zip(k._fields, k):
+        if not math.isfinite(v):
+            raise ValueError(f"sampler step: coefficient {name} = {v} is not finite (a "
+                             f"degenerate schedule or step argument)")
+    # The schedulers checked sample / model_output; history and noise are their own tensors.
+    out = sampler_step_unchecked(sample, model_output, None, hs[0], hs[1], noise, k, clip_x0,
+                                 want_x0 == "eager")
+    out, x0 = out
     if want_x0 == "eager":
-        out, x0 = out
         return SchedulerOutput(out, x0, has_x0=has_x0), x0
     if want_x0 == "lazy":
         z = noise if x0_noise != 0.0 else None

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from typing import Optional, Sequence, Union
 
 import torch
@@ -78,6 +79,30 @@ def sampler_step(sample: torch.Tensor, model_output: torch.Tensor, *,
     args = (x, m, u, h1, h2, z, k, clip, bool(return_x0))
     out, x0 = _OP.select(x.device.type, args, backend).fn(*args)
     return (out, x0) if return_x0 else out
+
+
+def sampler_step_unchecked(x: torch.Tensor, m: torch.Tensor, u: Optional[torch.Tensor],
+                           h1: Optional[torch.Tensor], h2: Optional[torch.Tensor],
+                           z: Optional[torch.Tensor], coeffs: StepCoeffs, clip: Optional[float],
+                           want_x0: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """sampler_step for callers that already validated their tensors (the schedulers of
+    fastgen.diffusion): all of sample's shape, dtype and device, coefficients finite. Skips the
+    Python argument checks (the C++ op still checks) and caches the backend choice per device
+    type and FASTGEN_BACKEND value; returns (out, x̂0 or an empty tensor)."""
+    x, m = x.contiguous(), m.contiguous()
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                       for t in (x, m, u, h1, h2, z)):
+        fn = _run_reference  # differentiable
+    else:
+        key = (x.device.type, os.environ.get(registry.ENV_VAR, ""))
+        fn = _CHOICE.get(key)
+        if fn is None:
+            fn = _CHOICE[key] = _OP.select(x.device.type, (x, m, u, h1, h2, z, coeffs, clip,
+                                                           want_x0)).fn
+    return fn(x, m, u, h1, h2, z, coeffs, clip, want_x0)
+
+
+_CHOICE: dict = {}
 
 
 def cfg_combine(uncond: torch.Tensor, cond: Optional[torch.Tensor] = None, *,

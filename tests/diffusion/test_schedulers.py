@@ -390,13 +390,18 @@ def test_half_precision_close_to_float32(name, dtype, tol, seed):
 @pytest.mark.parametrize("name", NAMES)
 def test_one_fused_call_per_step(name, monkeypatch):
     calls = []
-    inner = _base.sampler_step
+    inner, inner_unchecked = _base.sampler_step, _base.sampler_step_unchecked
 
     def counting(*args, **kwargs):
         calls.append(kwargs)
         return inner(*args, **kwargs)
 
+    def counting_unchecked(*args):
+        calls.append(args)
+        return inner_unchecked(*args)
+
     monkeypatch.setattr(_base, "sampler_step", counting)
+    monkeypatch.setattr(_base, "sampler_step_unchecked", counting_unchecked)
     cfg = dict(algorithm_type="sde-dpmsolver++") if name.startswith("DPM") else {}
     s = getattr(fd, name)(**cfg)
     s.set_timesteps(6)
