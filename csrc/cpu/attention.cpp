@@ -73,8 +73,10 @@ void softcap_probs_cpu(at::Tensor s, at::Tensor rowsum, double softcap, int64_t 
           p.store(row + c);
           acc = acc + p;
         }
-        scalar_t total = at::vec::vec_reduce_all<scalar_t>(
-            [](Vec& a, Vec& b) { return a + b; }, acc);
+        scalar_t lanes[Vec::size()];
+        acc.store(lanes);
+        scalar_t total = 0;
+        for (int64_t t = 0; t < Vec::size(); ++t) total += lanes[t];
         if (c < hi) {
           Vec p = (cap * Vec::loadu(row + c, hi - c).tanh()).exp();
           p.store(row + c, hi - c);
