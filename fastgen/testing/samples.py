@@ -158,6 +158,22 @@ def _sampler_step_samples(device) -> list[tuple]:
     return out
 
 
+def _sample_tokens_samples(device) -> list[tuple]:
+    """(x, u, temperature, top_k, top_p, min_p): plain, filtered, per-row mixed, empty."""
+    out = []
+    for b, v, dtype, t, k, p, mp in ((3, 17, torch.float32, 1.0, 17, 1.0, 0.0),
+                                     (4, 40, torch.float32, 0.7, 5, 0.9, 0.05),
+                                     (2, 9, torch.float16, 0.0, 3, 0.5, 0.0),
+                                     (0, 8, torch.float32, 1.0, 8, 1.0, 0.0)):
+        def row(value, dt, b=b):
+            return torch.full((b,), value, dtype=dt, device=device)
+
+        out.append((make_tensor((b, v), dtype, device), torch.rand(b, device=device),
+                    row(t, torch.float32), row(k, torch.int64), row(p, torch.float32),
+                    row(mp, torch.float32)))
+    return out
+
+
 OPCHECK_SAMPLES: dict[str, tuple[str, str, Callable[[str], list[tuple]]]] = {
     "fastgen::bias_act": ("bias_act", "cpu", _bias_act_fwd_samples),
     "fastgen::bias_act_bwd": ("bias_act", "cpu", _bias_act_bwd_samples),
@@ -174,4 +190,6 @@ OPCHECK_SAMPLES: dict[str, tuple[str, str, Callable[[str], list[tuple]]]] = {
     "fastgen::hashgrid_corners": ("hashgrid", "cpu", _hashgrid_corners_samples),
     "fastgen::sampler_step": ("sampler_step", "cpu", _sampler_step_samples),
     "fastgen::sampler_step_triton": ("sampler_step", "triton", _sampler_step_samples),
+    "fastgen::sample_tokens": ("sample", "cpu", _sample_tokens_samples),
+    "fastgen::sample_tokens_triton": ("sample", "triton", _sample_tokens_samples),
 }
