@@ -50,6 +50,19 @@ TORCH_LIBRARY(fastgen, m) {
   m.def(
       "hashgrid_corners(Tensor x, int[] offsets, float[] scales, int level, int interpolation,"
       " bool use_hash) -> (Tensor, Tensor)");
+  // KV-cache decode attention (fastgen/ops/decode.py; math in fastgen/reference/decode.py):
+  // q [B, Hq, Lq, D]; k [P, Hkv, page, D], v [P, Hkv, page, Dv] read through block_table
+  // [B, max_pages] int32 (page ids), or without it as [B, Hkv, capacity, D] (page = row);
+  // cache_seqlens [B] int32 counts each row's keys, the Lq queries being the last Lq of them.
+  // Query i of row b sees keys j < n_b with pos - left <= j <= pos + right, pos = n_b - Lq + i
+  // (negative bound = unbounded). Keys split into `splits` chunks merged by logsumexp (CPU:
+  // splits <= 0 picks a count from the threads and lengths).
+  // Returns (out [B, Hq, Lq, Dv] q's dtype, lse [B, Hq, Lq] float32; +inf for a query that
+  // sees no key, whose out is 0).
+  m.def(
+      "decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor cache_seqlens,"
+      " Tensor? block_table, float scale, float softcap, int left, int right, int splits)"
+      " -> (Tensor, Tensor)");
   // Fused diffusion-sampler step (fastgen/ops/sampler.py; math in fastgen/reference/sampler.py):
   // m = u + s(c - u) when uncond u is given; x0 = clip(p_x x + p_m m + p_z z);
   // out = c_x x + c_0 x0 + c_m m + c_1 h1 + c_2 h2 + c_z z. coeffs: [s, p_x, p_m, p_z, c_x, c_0,

@@ -174,6 +174,26 @@ def _sample_tokens_samples(device) -> list[tuple]:
     return out
 
 
+def _decode_samples(device) -> list[tuple]:
+    """(q, k, v, seqlens, table, scale, softcap, left, right, splits): GQA contiguous, paged with
+    a window and softcap, split keys, float16, an empty batch."""
+    def t(*shape, dtype=torch.float32):
+        return make_tensor(shape, dtype, device)
+
+    def lens(*n):
+        return torch.tensor(n, dtype=torch.int32, device=device)
+
+    table = torch.tensor([[2, 0], [1, 3]], dtype=torch.int32, device=device)
+    return [
+        (t(2, 4, 1, 16), t(2, 2, 9, 16), t(2, 2, 9, 8), lens(9, 4), None, 0.25, 0.0, -1, 0, 1),
+        (t(2, 2, 2, 16), t(4, 1, 4, 16), t(4, 1, 4, 16), lens(7, 3), table, 0.3, 4.0, 3, 0, 1),
+        (t(1, 2, 1, 16), t(1, 2, 70, 16), t(1, 2, 70, 16), lens(70), None, 0.25, 0.0, -1, 0, 3),
+        (t(1, 2, 1, 16, dtype=torch.float16), t(1, 1, 5, 16, dtype=torch.float16),
+         t(1, 1, 5, 16, dtype=torch.float16), lens(5), None, 0.25, 0.0, -1, 0, 1),
+        (t(0, 2, 1, 16), t(0, 2, 5, 16), t(0, 2, 5, 16), lens(), None, 0.25, 0.0, -1, 0, 1),
+    ]
+
+
 OPCHECK_SAMPLES: dict[str, tuple[str, str, Callable[[str], list[tuple]]]] = {
     "fastgen::bias_act": ("bias_act", "cpu", _bias_act_fwd_samples),
     "fastgen::bias_act_bwd": ("bias_act", "cpu", _bias_act_bwd_samples),
@@ -190,6 +210,8 @@ OPCHECK_SAMPLES: dict[str, tuple[str, str, Callable[[str], list[tuple]]]] = {
     "fastgen::hashgrid_corners": ("hashgrid", "cpu", _hashgrid_corners_samples),
     "fastgen::sampler_step": ("sampler_step", "cpu", _sampler_step_samples),
     "fastgen::sampler_step_triton": ("sampler_step", "triton", _sampler_step_samples),
+    "fastgen::decode_attention": ("decode_attention", "cpu", _decode_samples),
+    "fastgen::decode_attention_triton": ("decode_attention", "triton", _decode_samples),
     "fastgen::sample_tokens": ("sample", "cpu", _sample_tokens_samples),
     "fastgen::sample_tokens_triton": ("sample", "triton", _sample_tokens_samples),
 }
