@@ -51,7 +51,7 @@ def _decode_fwd_kernel(q_ptr, k_ptr, v_ptr, seqlens_ptr, table_ptr, o_ptr, lse_p
     lo = split * chunk
     hi = tl.minimum(lo + chunk, n)
     m = tl.full([BLOCK_R], -float("inf"), tl.float32)
-    l = tl.zeros([BLOCK_R], tl.float32)
+    l_sum = tl.zeros([BLOCK_R], tl.float32)
     acc = tl.zeros([BLOCK_R, BLOCK_DV], tl.float32)
     for j0 in range(lo, hi, BLOCK_N):
         j = j0 + tl.arange(0, BLOCK_N)
@@ -74,15 +74,15 @@ def _decode_fwd_kernel(q_ptr, k_ptr, v_ptr, seqlens_ptr, table_ptr, o_ptr, lse_p
         m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)
         alpha = tl.exp(m - m_safe)
         p = tl.exp(s - m_safe[:, None])
-        l = l * alpha + tl.sum(p, 1)
+        l_sum = l_sum * alpha + tl.sum(p, 1)
         v = tl.load(v_ptr + pg.to(tl.int64)[:, None] * sv0 + h * sv1 + slot[:, None] * sv2
                     + dv[None, :], mask=j_ok[:, None] & (dv[None, :] < DV), other=0.0)
         pv = _dot(p.to(v.dtype), v, PREC, UPCAST)
         acc = acc * alpha[:, None] + pv
         m = m_new
-    empty = l == 0.0
-    out = acc / tl.where(empty, 1.0, l)[:, None]
-    lse = tl.where(empty, -float("inf"), m + tl.log(tl.where(empty, 1.0, l)))
+    empty = l_sum == 0.0
+    out = acc / tl.where(empty, 1.0, l_sum)[:, None]
+    lse = tl.where(empty, -float("inf"), m + tl.log(tl.where(empty, 1.0, l_sum)))
     row = ((b * Hq + head) * Lq + i) * n_splits + split
     tl.store(o_ptr + row.to(tl.int64)[:, None] * DV + dv[None, :], out,
              mask=row_ok[:, None] & (dv[None, :] < DV))
@@ -139,7 +139,8 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqlens:
             q, k, v, seqlens, table if table is not None else seqlens, o_part, lse_part,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
             hq, lq, g, d, dv, page, max_pages, chunk, splits, scale, softcap, left, right,
-            PAGED=table is not None, SOFTCAP=softcap > 0, PREC="ieee" if q.dtype == torch.float32 else "tf32",
+            PAGED=table is not None, SOFTCAP=softcap > 0,
+            PREC="ieee" if q.dtype == torch.float32 else "tf32",
             UPCAST=q.dtype == torch.bfloat16 and not q.is_cuda,
             BLOCK_R=max(16, triton.next_power_of_2(g * lq)), BLOCK_N=_BLOCK_N,
             BLOCK_D=max(16, triton.next_power_of_2(d)),
