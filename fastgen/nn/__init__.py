@@ -3,5 +3,6 @@
 from .attention import MultiheadAttention
 from .bias_act import BiasAct
 from .hashgrid import HashGridEncoding
+from .kv_cache import KVCache, PagedKVCache
 
-__all__ = ["BiasAct", "HashGridEncoding", "MultiheadAttention"]
+__all__ = ["BiasAct", "HashGridEncoding", "MultiheadAttention", "KVCache", "PagedKVCache"]

@@ -1,0 +1,231 @@
+"""fastgen.generate: fast autoregressive generation for Llama-style transformers models.
+
+    import fastgen
+    out = fastgen.generate(model, input_ids, attention_mask=mask, max_new_tokens=64)
+
+The model's own modules and weights run the network (embeddings, projections, RMSNorms, MLPs,
+rotary tables, lm_head); fastgen replaces what is slow in a token-at-a-time loop:
+
+- prefill packs the prompts' real tokens (no padding) and runs causal varlen
+  :func:`fastgen.ops.flash_attention` once;
+- decode keeps keys and values in a preallocated :class:`fastgen.nn.KVCache` (per-row lengths,
+  written in place) and runs :func:`fastgen.ops.decode_attention` on it;
+- the next token comes from :func:`fastgen.ops.sample` (greedy when not sampling).
+
+Left-padded batches (transformers' convention for generation) are supported: each row's real
+tokens get positions 0, 1, ... as transformers gives them. Greedy output equals
+``model.generate(do_sample=False)`` token for token (tests/test_generation.py), returned the same
+way: [B, prompt length + new tokens], finished rows padded with pad_token_id.
+
+Supported: model types in :data:`SUPPORTED_MODEL_TYPES` (Llama, Mistral, Qwen2 and models built
+on the Llama architecture such as SmolLM) — RoPE (any rope_type transformers implements, since
+its rotary module is reused), GQA, RMSNorm, sliding windows (Mistral).
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Optional
+
+import torch
+
+from .nn.kv_cache import KVCache
+from .ops.attention import flash_attention
+from .ops.sampling import sample
+
+__all__ = ["generate", "SUPPORTED_MODEL_TYPES"]
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+
+
+def generate(model, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, *,
+             max_new_tokens: int = 32, do_sample: bool = False, temperature: float = 1.0,
+             top_k: Optional[int] = None, top_p: Optional[float] = None,
+             min_p: Optional[float] = None, eos_token_id=None, pad_token_id: Optional[int] = None,
+             generator: Optional[torch.Generator] = None, streamer=None) -> torch.Tensor:
+    """Generate up to ``max_new_tokens`` tokens per row with a transformers causal LM.
+
+    Args:
+        model: a transformers ``*ForCausalLM`` of a type in SUPPORTED_MODEL_TYPES.
+        input_ids: [B, L] int64 prompts, left-padded when their lengths differ.
+        attention_mask: [B, L] 1 for real tokens, 0 for padding (left padding only); None: all
+            real.
+        max_new_tokens: tokens to generate per row (>= 1).
+        do_sample: sample with temperature/top_k/top_p/min_p; False: greedy (as transformers).
+        temperature, top_k, top_p, min_p: as :func:`fastgen.ops.sample` (used when do_sample).
+        eos_token_id: an id or list of ids that finish a row; default: the model's
+            generation_config.eos_token_id.
+        pad_token_id: written after a row finished; default: generation_config.pad_token_id,
+            else the first eos id.
+        generator: torch.Generator for sampling.
+        streamer: a transformers streamer (``put``/``end``), e.g. TextStreamer; batch 1.
+
+    Returns:
+        [B, L + n] int64: the prompts followed by the generated tokens; n <= max_new_tokens
+        (generation stops when every row has finished).
+    """
+    runner = _LlamaRunner(model)
+    ids, mask = _check_inputs(input_ids, attention_mask, runner.device)
+    if not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 1:
+        raise ValueError(f"generate: max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+    gen_cfg = getattr(model, "generation_config", None)
+    eos = eos_token_id if eos_token_id is not None else getattr(gen_cfg, "eos_token_id", None)
+    eos_ids = [] if eos is None else ([int(eos)] if isinstance(eos, numbers.Integral)
+                                      else [int(e) for e in eos])
+    if pad_token_id is None:
+        pad_token_id = getattr(gen_cfg, "pad_token_id", None)
+        if pad_token_id is None:
+            pad_token_id = eos_ids[0] if eos_ids else 0
+    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p) \
+        if do_sample else dict(temperature=0.0)
+    b = ids.shape[0]
+    lengths = mask.sum(-1)
+    with torch.inference_mode():
+        cache = KVCache(runner.n_layers, b, runner.n_kv_heads, runner.head_dim,
+                        int(lengths.max()) + max_new_tokens, dtype=runner.dtype,
+                        device=runner.device)
+        if streamer is not None:
+            streamer.put(ids.cpu())
+        logits = runner.prefill(ids[mask.bool()], lengths, cache)
+        done = torch.zeros(b, dtype=torch.bool, device=runner.device)
+        eos_t = torch.tensor(eos_ids, dtype=torch.int64, device=runner.device)
+        new = []
+        for step in range(max_new_tokens):
+            tok = sample(logits, generator=generator, **sampling)
+            tok = torch.where(done, pad_token_id, tok)
+            new.append(tok)
+            if streamer is not None:
+                streamer.put(tok.cpu())
+            if eos_ids:
+                done |= torch.isin(tok, eos_t)
+                if bool(done.all()):
+                    break
+            if step + 1 < max_new_tokens:
+                logits = runner.step(tok, cache)
+        if streamer is not None:
+            streamer.end()
+    return torch.cat([input_ids, torch.stack(new, 1).to(input_ids.device)], 1)
+
+
+def _check_inputs(input_ids, attention_mask, device):
+    if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 \
+            or input_ids.dtype not in (torch.int64, torch.int32) or input_ids.shape[1] == 0:
+        got = (f"{input_ids.dtype} {list(input_ids.shape)}" if isinstance(input_ids, torch.Tensor)
+               else type(input_ids).__name__)
+        raise ValueError(f"generate: input_ids must be a [B, L] integer tensor with L >= 1, got "
+                         f"{got}")
+    ids = input_ids.to(device, torch.int64)
+    if attention_mask is None:
+        return ids, torch.ones_like(ids)
+    if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape:
+        raise ValueError(f"generate: attention_mask must be a tensor of input_ids' shape "
+                         f"{list(input_ids.shape)}")
+    mask = attention_mask.to(device, torch.int64)
+    if bool(((mask != 0) & (mask != 1)).any()):
+        raise ValueError("generate: attention_mask must hold 0 (padding) and 1 (token)")
+    # left padding: once a row's tokens start, they go on to the end
+    if bool((mask[:, 1:] < mask[:, :-1]).any()):
+        raise ValueError("generate: attention_mask must be left-padded (zeros before the "
+                         "tokens, none after), as transformers' generate expects")
+    if bool((mask.sum(-1) == 0).any()):
+        raise ValueError("generate: every row of attention_mask needs at least one token")
+    return ids, mask
+
+
+class _LlamaRunner:
+    """Runs a transformers Llama-style model's modules with fastgen attention and a KVCache."""
+
+    def __init__(self, model):
+        cfg = getattr(model, "config", None)
+        kind = getattr(cfg, "model_type", None)
+        if kind not in SUPPORTED_MODEL_TYPES:
+            raise NotImplementedError(f"generate: model_type {kind!r} is not supported; "
+                                      f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+        body = getattr(model, "model", None)
+        if body is None or not hasattr(model, "lm_head"):
+            raise NotImplementedError("generate: expected a *ForCausalLM with .model and "
+                                      ".lm_head")
+        self.body, self.lm_head = body, model.lm_head
+        self.layers = list(body.layers)
+        attn = self.layers[0].self_attn
+        for extra in ("q_norm", "k_norm"):
+            if hasattr(attn, extra):
+                raise NotImplementedError(f"generate: attention with {extra} is not supported")
+        self.n_layers = len(self.layers)
+        self.head_dim = attn.head_dim
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv_heads = cfg.num_key_value_heads
+        self.scale = attn.scaling
+        window = getattr(cfg, "sliding_window", None)
+        use = getattr(cfg, "use_sliding_window", True)
+        self.window = (window - 1, -1) if window and use else (-1, -1)
+        param = next(model.parameters())
+        self.dtype, self.device = param.dtype, param.device
+
+    def _qkv(self, attn, h, positions):
+        """h [N, T, hidden] -> q [N, Hq, T, D], k, v [N, Hkv, T, D] with rotary applied."""
+        n, t, _ = h.shape
+        q = attn.q_proj(h).view(n, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = attn.k_proj(h).view(n, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = attn.v_proj(h).view(n, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        cos, sin = self._rotary
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        return q, k, v
+
+    def _layer(self, i, h, attend):
+        layer = self.layers[i]
+        x = layer.input_layernorm(h)
+        out = attend(i, layer.self_attn, x)
+        h = h + layer.self_attn.o_proj(out)
+        return h + layer.mlp(layer.post_attention_layernorm(h))
+
+    def _set_rotary(self, h, positions):
+        cos, sin = self.body.rotary_emb(h, positions)  # [N, T, D], the model's own tables
+        self._rotary = (cos[:, None], sin[:, None])
+
+    def prefill(self, tokens: torch.Tensor, lengths: torch.Tensor, cache: KVCache):
+        """tokens [total] packed real prompt tokens, lengths [B] -> last-token logits [B, V]."""
+        b = lengths.shape[0]
+        cu = torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
+        rows = torch.repeat_interleave(torch.arange(b, device=self.device), lengths)
+        pos = torch.arange(tokens.shape[0], device=self.device) - cu[:-1].long()[rows]
+        h = self.body.embed_tokens(tokens)[None]  # [1, total, hidden]
+        self._set_rotary(h, pos[None])
+        longest = int(lengths.max())
+
+        def attend(i, attn, x):
+            q, k, v = self._qkv(attn, x, pos)
+            q, k, v = (t[0].transpose(0, 1) for t in (q, k, v))  # [total, H, D]
+            cache.write(i, rows, pos, k, v)
+            out = flash_attention(q, k, v, causal=True, window=self.window, scale=self.scale,
+                                  cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=longest,
+                                  max_seqlen_k=longest)
+            return out.reshape(1, -1, self.n_heads * self.head_dim)
+
+        for i in range(self.n_layers):
+            h = self._layer(i, h, attend)
+        cache.set_lengths(lengths.to(torch.int32))
+        last = h[0, cu[1:].long() - 1]
+        return self.lm_head(self.body.norm(last)).float()
+
+    def step(self, tok: torch.Tensor, cache: KVCache):
+        """tok [B] -> next logits [B, V]; appends one token per row to the cache."""
+        h = self.body.embed_tokens(tok[:, None])  # [B, 1, hidden]
+        self._set_rotary(h, cache.seqlens.long()[:, None])
+
+        def attend(i, attn, x):
+            q, k, v = self._qkv(attn, x, None)
+            cache.append(i, k, v)
+            out = cache.attend(i, q, scale=self.scale, window=self.window, validate=False)
+            return out.transpose(1, 2).reshape(x.shape[0], 1, -1)
+
+        for i in range(self.n_layers):
+            h = self._layer(i, h, attend)
+        cache.advance(1)
+        return self.lm_head(self.body.norm(h[:, 0])).float()
+
+
+def _rotate_half(x):
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
