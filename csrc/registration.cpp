@@ -63,6 +63,9 @@ TORCH_LIBRARY(fastgen, m) {
       "decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor cache_seqlens,"
       " Tensor? block_table, float scale, float softcap, int left, int right, int splits)"
       " -> (Tensor, Tensor)");
+  // Linear layer for a decode step (fastgen/ops/linear.py): out [M, N] = x [M, K] · weight
+  // [N, K]ᵀ + bias [N], for few rows M (the weight read once at memory bandwidth).
+  m.def("decode_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
   // Fused diffusion-sampler step (fastgen/ops/sampler.py; math in fastgen/reference/sampler.py):
   // m = u + s(c - u) when uncond u is given; x0 = clip(p_x x + p_m m + p_z z);
   // out = c_x x + c_0 x0 + c_m m + c_1 h1 + c_2 h2 + c_z z. coeffs: [s, p_x, p_m, p_z, c_x, c_0,

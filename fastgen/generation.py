@@ -10,7 +10,9 @@ rotary tables, lm_head); fastgen replaces what is slow in a token-at-a-time loop
   :func:`fastgen.ops.flash_attention` once;
 - decode keeps keys and values in a preallocated :class:`fastgen.nn.KVCache` (per-row lengths,
   written in place) and runs :func:`fastgen.ops.decode_attention` on it;
-- the next token comes from :func:`fastgen.ops.sample` (greedy when not sampling).
+- the next token comes from :func:`fastgen.ops.sample` (greedy when not sampling);
+- on CPU, a decode step's projections run :func:`fastgen.ops.decode_linear`, which reads each
+  weight once at memory bandwidth (a step is bound by reading the weights).
 
 Left-padded batches (transformers' convention for generation) are supported: each row's real
 tokens get positions 0, 1, ... as transformers gives them. Greedy output equals
@@ -31,6 +33,7 @@ import torch
 
 from .nn.kv_cache import KVCache
 from .ops.attention import flash_attention
+from .ops.linear import MAX_ROWS, decode_linear
 from .ops.sampling import sample
 
 __all__ = ["generate", "SUPPORTED_MODEL_TYPES"]
@@ -161,13 +164,29 @@ class _LlamaRunner:
         self.window = (window - 1, -1) if window and use else (-1, -1)
         param = next(model.parameters())
         self.dtype, self.device = param.dtype, param.device
+        # decode steps (few rows) stream each weight once through fastgen's CPU kernel
+        self.fast_linear = (self.device.type == "cpu"
+                            and self.dtype in (torch.float32, torch.float64))
+        mlp = self.layers[0].mlp
+        if not all(hasattr(mlp, a) for a in ("gate_proj", "up_proj", "down_proj", "act_fn")):
+            raise NotImplementedError("generate: expected a gated MLP (gate_proj, up_proj, "
+                                      "down_proj, act_fn)")
+
+    def _lin(self, module, x):
+        if self.fast_linear and x.numel() // x.shape[-1] <= MAX_ROWS:
+            return decode_linear(x, module.weight, module.bias)
+        return module(x)
+
+    def _mlp(self, mlp, x):
+        return self._lin(mlp.down_proj, mlp.act_fn(self._lin(mlp.gate_proj, x))
+                         * self._lin(mlp.up_proj, x))
 
     def _qkv(self, attn, h, positions):
         """h [N, T, hidden] -> q [N, Hq, T, D], k, v [N, Hkv, T, D] with rotary applied."""
         n, t, _ = h.shape
-        q = attn.q_proj(h).view(n, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = attn.k_proj(h).view(n, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = attn.v_proj(h).view(n, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q = self._lin(attn.q_proj, h).view(n, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self._lin(attn.k_proj, h).view(n, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self._lin(attn.v_proj, h).view(n, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         cos, sin = self._rotary
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
@@ -177,8 +196,8 @@ class _LlamaRunner:
         layer = self.layers[i]
         x = layer.input_layernorm(h)
         out = attend(i, layer.self_attn, x)
-        h = h + layer.self_attn.o_proj(out)
-        return h + layer.mlp(layer.post_attention_layernorm(h))
+        h = h + self._lin(layer.self_attn.o_proj, out)
+        return h + self._mlp(layer.mlp, layer.post_attention_layernorm(h))
 
     def _set_rotary(self, h, positions):
         cos, sin = self.body.rotary_emb(h, positions)  # [N, T, D], the model's own tables
@@ -207,7 +226,7 @@ class _LlamaRunner:
             h = self._layer(i, h, attend)
         cache.set_lengths(lengths.to(torch.int32))
         last = h[0, cu[1:].long() - 1]
-        return self.lm_head(self.body.norm(last)).float()
+        return self._lin(self.lm_head, self.body.norm(last)).float()
 
     def step(self, tok: torch.Tensor, cache: KVCache):
         """tok [B] -> next logits [B, V]; appends one token per row to the cache."""
@@ -223,7 +242,7 @@ class _LlamaRunner:
         for i in range(self.n_layers):
             h = self._layer(i, h, attend)
         cache.advance(1)
-        return self.lm_head(self.body.norm(h[:, 0])).float()
+        return self._lin(self.lm_head, self.body.norm(h[:, 0])).float()
 
 
 def _rotate_half(x):

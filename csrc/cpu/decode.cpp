@@ -29,41 +29,6 @@ namespace {
 
 constexpr int64_t kBlock = 32;
 
-template <typename T>
-T hsum(const Vec<T>& v) {
-  if constexpr (std::is_same_v<T, float>) {
-    return v.reduce_add();
-  } else {
-    T lanes[Vec<T>::size()];
-    v.store(lanes);
-    T s = 0;
-    for (int64_t i = 0; i < Vec<T>::size(); ++i) s += lanes[i];
-    return s;
-  }
-}
-
-// out[r] = q_r · k for up to four rows q_r = q + r·n at once: each load of k serves them all.
-template <typename T>
-void dot_rows(const T* q, int64_t nr, const T* k, int64_t n, T* out) {
-  constexpr int64_t W = Vec<T>::size();
-  Vec<T> a0(T(0)), a1(T(0)), a2(T(0)), a3(T(0));
-  for (int64_t d = 0; d < n; d += W) {
-    const int64_t m = std::min(W, n - d);
-    const Vec<T> kv = m == W ? Vec<T>::loadu(k + d) : Vec<T>::loadu(k + d, m);
-    auto ld = [&](int64_t r) {
-      return m == W ? Vec<T>::loadu(q + r * n + d) : Vec<T>::loadu(q + r * n + d, m);
-    };
-    a0 = at::vec::fmadd(ld(0), kv, a0);
-    if (nr > 1) a1 = at::vec::fmadd(ld(1), kv, a1);
-    if (nr > 2) a2 = at::vec::fmadd(ld(2), kv, a2);
-    if (nr > 3) a3 = at::vec::fmadd(ld(3), kv, a3);
-  }
-  out[0] = hsum(a0);
-  if (nr > 1) out[1] = hsum(a1);
-  if (nr > 2) out[2] = hsum(a2);
-  if (nr > 3) out[3] = hsum(a3);
-}
-
 // y += p · x over n elements
 template <typename T>
 void axpy(T* y, T p, const T* x, int64_t n) {
@@ -136,11 +101,11 @@ void decode_task(const Geometry& g, const S* q, const S* k, const S* v, const in
     for (int64_t jj = 0; jj < nb; ++jj)
       krows[jj] = as_compute<S>(row_of(k, ks, j0 + jj), g.D, kbuf.data() + jj * g.D);
     for (int64_t jj = 0; jj < nb; ++jj) {
-      T s4[4];
-      for (int64_t r0 = 0; r0 < R; r0 += 4) {
-        const int64_t nr = std::min<int64_t>(4, R - r0);
-        dot_rows(qf.data() + r0 * g.D, nr, krows[jj], g.D, s4);
-        for (int64_t r = r0; r < r0 + nr; ++r) p[r * kBlock + jj] = s4[r - r0];
+      T s8[kDotRows];
+      for (int64_t r0 = 0; r0 < R; r0 += kDotRows) {
+        const int64_t nr = std::min<int64_t>(kDotRows, R - r0);
+        dot_rows(qf.data() + r0 * g.D, nr, krows[jj], g.D, s8);
+        for (int64_t r = r0; r < r0 + nr; ++r) p[r * kBlock + jj] = s8[r - r0];
       }
     }
     constexpr int64_t W = Vec<T>::size();

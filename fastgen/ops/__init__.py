@@ -4,10 +4,12 @@ through :mod:`fastgen.registry` and calls a ``torch.ops.fastgen`` op (or the ref
 from .attention import flash_attention, scaled_dot_product_attention
 from .bias_act import ACTIVATIONS, bias_act
 from .decode import decode_attention
+from .linear import decode_linear
 from .hashgrid import hashgrid_encode, hashgrid_levels, hashgrid_n_params
 from .sampler import StepCoeffs, cfg_combine, sampler_step
 from .sampling import sample
 
 __all__ = ["bias_act", "ACTIVATIONS", "scaled_dot_product_attention", "flash_attention",
            "hashgrid_encode", "hashgrid_levels", "hashgrid_n_params", "sampler_step", "cfg_combine",
-           "StepCoeffs", "sample", "decode_attention"]
+           "StepCoeffs", "sample", "decode_attention",
+           "decode_linear"]

@@ -194,6 +194,16 @@ def _decode_samples(device) -> list[tuple]:
     ]
 
 
+def _decode_linear_samples(device) -> list[tuple]:
+    """(x, weight, bias): one and eight rows, bias or not, float64, an empty batch."""
+    def t(*shape, dtype=torch.float32):
+        return make_tensor(shape, dtype, device)
+
+    return [(t(1, 33), t(7, 33), None), (t(8, 20), t(5, 20), t(5)),
+            (t(3, 9, dtype=torch.float64), t(4, 9, dtype=torch.float64), None),
+            (t(0, 6), t(3, 6), t(3))]
+
+
 OPCHECK_SAMPLES: dict[str, tuple[str, str, Callable[[str], list[tuple]]]] = {
     "fastgen::bias_act": ("bias_act", "cpu", _bias_act_fwd_samples),
     "fastgen::bias_act_bwd": ("bias_act", "cpu", _bias_act_bwd_samples),
@@ -212,6 +222,7 @@ OPCHECK_SAMPLES: dict[str, tuple[str, str, Callable[[str], list[tuple]]]] = {
     "fastgen::sampler_step_triton": ("sampler_step", "triton", _sampler_step_samples),
     "fastgen::decode_attention": ("decode_attention", "cpu", _decode_samples),
     "fastgen::decode_attention_triton": ("decode_attention", "triton", _decode_samples),
+    "fastgen::decode_linear": ("decode_linear", "cpu", _decode_linear_samples),
     "fastgen::sample_tokens": ("sample", "cpu", _sample_tokens_samples),
     "fastgen::sample_tokens_triton": ("sample", "triton", _sample_tokens_samples),
 }

@@ -1,0 +1,178 @@
+"""Benchmark cases for autoregressive decoding: decode attention on a KV cache, token sampling,
+and end-to-end generation with a random Llama built from a config (no download).
+
+    decode_attention  batch 8, 32 q heads / 8 kv heads, head dim 128, cache 4096 (issue's shape)
+                      fastgen.ops.decode_attention  vs  fastgen.reference.decode (dense, GQA by
+                      repeat)  vs  torch SDPA with enable_gqa on the same cache
+    sample            batch 8 × 32000-token vocabulary, temperature 0.8, top-k 50, top-p 0.9
+                      fastgen.ops.sample  vs  the sort-based reference  vs  transformers'
+                      logits warpers + torch.multinomial (what model.generate runs)
+    generate          a ~100M-parameter Llama, 32-token prompts, 32 new tokens, greedy
+                      fastgen.generate  vs  the same loop on reference kernels  vs
+                      model.generate (sdpa attention, its default cache); identical tokens are
+                      checked when the case is built. Rate column: generated tokens per second.
+
+Traffic floor for decode attention: the cached keys and values read once (q and out are small).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+
+import torch
+import torch.nn.functional as F
+
+from ..ops.decode import decode_attention
+from ..ops.sampling import sample
+from ..reference import decode as ref_decode
+from ..reference import sampling as ref_sampling
+from ..registry import ENV_VAR
+from ..testing.check import available_backends
+from .core import Case
+
+__all__ = ["cases", "llama_100m_config"]
+
+
+def _backend(op: str, device: str) -> str:
+    fast = [b for b in available_backends(op, device) if b != "reference"]
+    if device == "cpu":
+        fast = [b for b in fast if b != "triton"]  # the interpreter is not a fast path
+    return fast[0] if fast else "reference"
+
+
+def _decode_case(device, dtype, b, hq, hkv, d, n, tier) -> Case:
+    backend = _backend("decode_attention", device)
+
+    def setup():
+        g = torch.Generator(device=device).manual_seed(0)
+        s = {n_: torch.randn(shape, generator=g, device=device, dtype=dtype)
+             for n_, shape in (("q", (b, hq, 1, d)), ("k", (b, hkv, n, d)),
+                               ("v", (b, hkv, n, d)))}
+        s["lens"] = torch.full((b,), n, dtype=torch.int32, device=device)
+        return s
+
+    scale = d ** -0.5
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    return Case(
+        op="decode_attention", name=f"B{b} {hq}/{hkv} heads hd{d} cache {n}", device=device,
+        dtype=dtype, setup=setup,
+        fastgen=lambda s: (decode_attention(s["q"], s["k"], s["v"], s["lens"], backend=backend,
+                                            validate=False),),
+        reference=lambda s: (ref_decode.decode_attention(s["q"], s["k"], s["v"], s["lens"], None,
+                                                         scale, 0.0, -1, 0)[0],),
+        peers={"torch SDPA": lambda s: (F.scaled_dot_product_attention(
+            s["q"], s["k"], s["v"], enable_gqa=True),)},
+        bytes_moved=2 * b * hkv * n * d * itemsize, tier=tier, backend=backend,
+        flops=4 * b * hq * n * d)
+
+
+def _sample_case(device, b, v, tier) -> Case:
+    backend = _backend("sample", device)
+    kw = dict(temperature=0.8, top_k=50, top_p=0.9)
+
+    def setup():
+        g = torch.Generator(device=device).manual_seed(0)
+        return {"logits": torch.randn(b, v, generator=g, device=device) * 4}
+
+    def draws():  # the same uniforms every call: fastgen's and the reference's tokens compare
+        return torch.Generator(device=device).manual_seed(1)
+
+    def reference(s):
+        u = torch.rand(b, device=device, generator=draws())
+        rows = [torch.full((b,), x, device=device) for x in (0.8, 50, 0.9, 0.0)]
+        rows[1] = rows[1].long()
+        return (ref_sampling.sample(s["logits"], u, *rows),)
+
+    peers = {}
+    if importlib.util.find_spec("transformers") is not None:
+        def warpers(s):
+            import transformers as tf
+
+            x = s["logits"]
+            for proc in (tf.TemperatureLogitsWarper(0.8), tf.TopKLogitsWarper(50),
+                         tf.TopPLogitsWarper(0.9)):
+                x = proc(None, x)
+            return (torch.multinomial(x.softmax(-1), 1, generator=draws())[:, 0],)
+        peers["transformers warpers"] = warpers
+
+    return Case(op="sample", name=f"B{b} V{v} top-k 50 top-p 0.9", device=device,
+                dtype=torch.float32, setup=setup,
+                fastgen=lambda s: (sample(s["logits"], generator=draws(), backend=backend,
+                                          **kw),),
+                reference=reference, peers=peers, bytes_moved=b * v * 4, tier=tier,
+                backend=backend, inner=4)
+
+
+def llama_100m_config():
+    """A Llama-architecture config of about 100M parameters (SmolLM-135M-like shapes, fewer
+    layers): 12 layers, hidden 576, 9 q / 3 kv heads (head dim 64), MLP 1536, vocab 49152,
+    tied embeddings."""
+    import transformers as tf
+
+    return tf.LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                          num_hidden_layers=12, num_attention_heads=9, num_key_value_heads=3,
+                          max_position_embeddings=2048, tie_word_embeddings=True,
+                          rope_theta=10000.0)
+
+
+@contextlib.contextmanager
+def _all_reference():
+    old = os.environ.get(ENV_VAR)
+    os.environ[ENV_VAR] = "reference"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(ENV_VAR, None)
+        else:
+            os.environ[ENV_VAR] = old
+
+
+def _generate_case(device, b, prompt, new, tier) -> Case:
+    from ..generation import generate
+
+    def setup():
+        import transformers as tf
+
+        torch.manual_seed(0)
+        model = tf.LlamaForCausalLM(llama_100m_config()).to(device).eval()
+        model.generation_config.pad_token_id = 0
+        model.generation_config.eos_token_id = None  # random weights: never stop early
+        ids = torch.randint(3, 49152, (b, prompt), device=device)
+        s = {"model": model, "ids": ids}
+        ours = run_fastgen(s)[0]
+        theirs = run_hf(s)[0]
+        if not torch.equal(ours, theirs):
+            raise AssertionError("generate bench: fastgen.generate and model.generate differ "
+                                 f"in {(ours != theirs).sum().item()} tokens")
+        return s
+
+    def run_fastgen(s):
+        return (generate(s["model"], s["ids"], max_new_tokens=new),)
+
+    def run_reference(s):
+        with _all_reference():
+            return run_fastgen(s)
+
+    def run_hf(s):
+        with torch.inference_mode():
+            return (s["model"].generate(s["ids"], max_new_tokens=new, do_sample=False),)
+
+    return Case(op="generate", name=f"Llama ~100M B{b} prompt {prompt} +{new} greedy",
+                device=device, dtype=torch.float32, setup=setup, fastgen=run_fastgen,
+                reference=run_reference, peers={"transformers generate": run_hf}, tier=tier,
+                backend="cpu" if device == "cpu" else "triton", items=b * new, item="tok")
+
+
+def cases(device: str) -> list[Case]:
+    out = [_decode_case(device, torch.float32, 8, 32, 8, 128, 4096, "quick"),
+           _sample_case(device, 8, 32000, "quick"),
+           _sample_case(device, 1, 128256, "full")]
+    if device == "cuda":
+        out.append(_decode_case(device, torch.bfloat16, 8, 32, 8, 128, 16384, "quick"))
+    if importlib.util.find_spec("transformers") is not None:
+        out += [_generate_case(device, 1, 32, 32, "full"),
+                _generate_case(device, 8, 32, 32, "full")]
+    return out

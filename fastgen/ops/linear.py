@@ -1,0 +1,97 @@
+"""decode_linear: ``F.linear`` for the few rows of a decode step, at memory bandwidth on CPU.
+
+A decode step multiplies one token per sequence (M = batch rows) by every weight matrix of the
+model, so the step is bound by reading the weights. ATen's CPU GEMM reads them at about half the
+bandwidth when M is small; csrc/cpu/linear.cpp streams each weight row once against up to eight
+rows of x at a time (2-4.5x ``F.linear`` on this project's 2-core machine, BENCHMARKS.md).
+
+    fastgen/ops/linear.py        this file: checks, backends
+    csrc/cpu/linear.cpp          backend ``cpu`` (float32 / float64, M <= 16)
+    fastgen/reference/linear.py  ``torch.nn.functional.linear`` (every other call: GPUs, large M,
+                                 half precision, gradients)
+    tests/ops/test_linear.py
+
+Each output is one fixed-order dot product, so results do not depend on the thread count; they
+differ from ATen's by summation order (relative 1e-6 in float32).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import _ext, registry
+from ..reference import linear as _ref
+
+__all__ = ["decode_linear", "MAX_ROWS"]
+
+MAX_ROWS = 16  # beyond this the product is no longer bound by the weight read
+
+
+def decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
+                  backend: Optional[str] = None) -> torch.Tensor:
+    """``torch.nn.functional.linear(x, weight, bias)``, fast for few rows on CPU.
+
+    Args:
+        x: [..., K]; weight: [N, K]; bias: [N] or None; one dtype and device.
+        backend: "cpu" or "reference"; default: FASTGEN_BACKEND, else "cpu" where it can run
+            (CPU, float32/float64, at most MAX_ROWS rows, no gradient), else the reference.
+
+    Returns:
+        [..., N] in x's dtype.
+    """
+    name = "decode_linear"
+    for arg, t in (("x", x), ("weight", weight), ("bias", bias)):
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: {arg} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype != x.dtype or t.device != x.device:
+            raise TypeError(f"{name}: {arg} is {t.dtype} on {t.device}; x is {x.dtype} on "
+                            f"{x.device} (one dtype and device expected)")
+    if weight.ndim != 2 or x.ndim < 1 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"{name}: x [..., K] and weight [N, K] expected, got {list(x.shape)} "
+                         f"and {list(weight.shape)}")
+    if bias is not None and bias.shape != weight.shape[:1]:
+        raise ValueError(f"{name}: bias must be [N] = [{weight.shape[0]}], got "
+                         f"{list(bias.shape)}")
+    x2 = x.reshape(-1, x.shape[-1])
+    args = (x2, weight, bias)
+    out = _OP.select(x.device.type, args, backend).fn(*args)
+    return out.reshape(*x.shape[:-1], weight.shape[0])
+
+
+def _run_cpu(x, w, b):
+    return torch.ops.fastgen.decode_linear(x, w, b)
+
+
+def _fake(x, w, b):
+    return x.new_empty(x.shape[0], w.shape[0])
+
+
+if _ext.has_op("decode_linear"):
+    torch.library.register_fake("fastgen::decode_linear")(_fake)
+
+
+def _check_cpu(x, w, b) -> Optional[str]:
+    if x.dtype not in (torch.float32, torch.float64):
+        return f"{x.dtype} (float32 and float64 only)"
+    if x.shape[0] > MAX_ROWS:
+        return f"{x.shape[0]} rows (at most {MAX_ROWS}: beyond, ATen's GEMM is the right tool)"
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w, b)):
+        return "inputs require grad (inference kernel)"
+    return None
+
+
+def _cpu_available(device_type: str) -> Optional[str]:
+    if _ext.has_op("decode_linear"):
+        return None
+    return _ext.unavailable_reason() or "fastgen._C has no decode_linear (rebuild)"
+
+
+_OP = registry.register("decode_linear", [
+    registry.Backend("cpu", _run_cpu, devices=("cpu",), available=_cpu_available,
+                     check=_check_cpu, summary="csrc/cpu/linear.cpp"),
+    registry.Backend("reference", _ref.linear, summary="torch.nn.functional.linear"),
+])
