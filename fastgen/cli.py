@@ -71,6 +71,12 @@ def _demo_diffusion(args) -> int:
     return diffusion.run(args)
 
 
+def _demo_gpt(args) -> int:
+    from .demos import gpt
+
+    return gpt.run(args)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="fastgen", description="fastgen: fused kernels for "
                                      "generative models. Commands: info, bench, demo.")
@@ -96,7 +102,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     p.set_defaults(func=_bench)
 
-    from .demos import DEMOS, diffusion, image
+    from .demos import DEMOS, diffusion, gpt, image
 
     p = sub.add_parser("demo", help="end-to-end demos: " + ", ".join(DEMOS))
     demos = p.add_subparsers(dest="demo", required=True)
@@ -106,6 +112,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     d = demos.add_parser("diffusion", help=DEMOS["diffusion"])
     diffusion.add_arguments(d)
     d.set_defaults(func=_demo_diffusion)
+    d = demos.add_parser("gpt", help=DEMOS["gpt"])
+    gpt.add_arguments(d)
+    d.set_defaults(func=_demo_gpt)
 
     args = parser.parse_args(argv)
     if getattr(args, "repeats", 1) < 1 or getattr(args, "warmup", 1) < 0:

@@ -106,3 +106,10 @@ def test_demo_diffusion_reference_backend_switch(monkeypatch):
         assert os.environ.get(ENV_VAR) == before
     monkeypatch.delenv(ENV_VAR, raising=False)
     assert op.select("cpu").name == ("cpu" if op.reasons("cpu")["cpu"] is None else "reference")
+
+
+def test_demo_gpt_tiny(capsys):
+    assert main(["demo", "gpt", "--steps", "2", "--new-tokens", "6", "--layers", "1", "--dim",
+                 "48", "--seq-len", "16", "--batch-size", "2", "--corpus-bytes", "20000"]) == 0
+    out = capsys.readouterr().out
+    assert "trained 2 steps" in out and "tok/s with the KV cache" in out

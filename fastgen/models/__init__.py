@@ -2,7 +2,9 @@
 
 from .denoiser import (SCHEDULERS, Denoiser, SamplingTiming, TrainResult, make_scheduler, sample,
                        train_denoiser)
+from .gpt import GPT, GPTConfig, GPTTrainResult, train_gpt
 from .image import FitResult, NeuralImage, fit_image, psnr
 
 __all__ = ["NeuralImage", "FitResult", "fit_image", "psnr", "Denoiser", "TrainResult",
-           "SamplingTiming", "train_denoiser", "sample", "make_scheduler", "SCHEDULERS"]
+           "SamplingTiming", "train_denoiser", "sample", "make_scheduler", "SCHEDULERS",
+           "GPT", "GPTConfig", "GPTTrainResult", "train_gpt"]
