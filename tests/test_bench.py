@@ -97,4 +97,21 @@ def test_hashgrid_cases_run_and_report_a_rate(mode):
     r = measure(case, repeats=1, warmup=1)
     assert r.max_error < 1e-5 and set(r.ms) == {"fastgen", "reference"}
     assert r.rate() == pytest.approx(500 / (r.ms["fastgen"] * 1e-3)) and r.bytes_moved > 0
-    assert "Mpts/s" in bench.format_table([r])
+    assert "pts/s" in bench.format_table([r])
+
+
+def test_decode_and_sample_cases_run_small():
+    from fastgen.bench.decode import _decode_case, _sample_case
+
+    r = measure(_decode_case("cpu", torch.float32, 2, 4, 2, 16, 70, "quick"), repeats=1,
+                warmup=0)
+    assert r.max_error < 1e-5 and set(r.ms) == {"fastgen", "reference", "torch SDPA"}
+    r = measure(_sample_case("cpu", 3, 500, "quick"), repeats=1, warmup=0)
+    assert r.max_error == 0.0  # same uniforms: the reference draws the same tokens
+
+
+def test_rate_units():
+    from fastgen.bench.runner import _rate
+
+    assert _rate(83000, "tok") == "83 ktok/s" and _rate(2.5e6, "pts") == "2.5 Mpts/s"
+    assert _rate(12.0, "tok") == "12 tok/s"

@@ -7,7 +7,7 @@ and end-to-end generation with a random Llama built from a config (no download).
     sample            batch 8 × 32000-token vocabulary, temperature 0.8, top-k 50, top-p 0.9
                       fastgen.ops.sample  vs  the sort-based reference  vs  transformers'
                       logits warpers + torch.multinomial (what model.generate runs)
-    generate          a ~100M-parameter Llama, 32-token prompts, 32 new tokens, greedy
+    generate          a ~100M-parameter Llama, 32-token prompts, 32 or 128 new tokens, greedy
                       fastgen.generate  vs  the same loop on reference kernels  vs
                       model.generate (sdpa attention, its default cache); identical tokens are
                       checked when the case is built. Rate column: generated tokens per second.
@@ -173,6 +173,6 @@ def cases(device: str) -> list[Case]:
     if device == "cuda":
         out.append(_decode_case(device, torch.bfloat16, 8, 32, 8, 128, 16384, "quick"))
     if importlib.util.find_spec("transformers") is not None:
-        out += [_generate_case(device, 1, 32, 32, "full"),
-                _generate_case(device, 8, 32, 32, "full")]
+        # prefill-heavy (as many new tokens as prompt tokens) and decode-heavy (4x as many)
+        out += [_generate_case(device, b, 32, new, "full") for new in (32, 128) for b in (1, 8)]
     return out

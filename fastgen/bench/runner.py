@@ -96,6 +96,14 @@ def _others(r: Result) -> str:
     return "; ".join(cells) or "-"
 
 
+def _rate(per_s: float, item: str) -> str:
+    """Items per second with a readable prefix: 8.3e4 -> '83 k tok/s'."""
+    for scale, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if per_s >= scale:
+            return f"{per_s / scale:.3g} {prefix}{item}/s"
+    return f"{per_s:.3g} {item}/s"
+
+
 def format_table(results: Sequence[Result]) -> str:
     """Markdown table: one row per case, ratios > 1 mean fastgen is faster.
 
@@ -131,7 +139,7 @@ def format_table(results: Sequence[Result]) -> str:
             + ([_fmt(r.peak_mb.get("fastgen"), ".0f")] if with_peak else [])
             + ([_fmt(r.tflops(), ".3g"), _fmt(r.tflops(peer) if peer else None, ".3g")]
                if with_flops else [])
-            + ([f"{r.rate() / 1e6:.3g} M{r.item}/s" if r.rate() else "-"] if with_rate else [])
+            + ([_rate(r.rate(), r.item) if r.rate() else "-"] if with_rate else [])
             + ([_others(r)] if with_others else []))
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
