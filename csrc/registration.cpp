@@ -66,6 +66,20 @@ TORCH_LIBRARY(fastgen, m) {
   // Linear layer for a decode step (fastgen/ops/linear.py): out [M, N] = x [M, K] · weight
   // [N, K]ᵀ + bias [N], for few rows M (the weight read once at memory bandwidth).
   m.def("decode_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  // Fused volume rendering over packed samples (fastgen/ops/volrend.py; math in
+  // fastgen/reference/volrend.py): ray r owns samples [starts[r], starts[r] + counts[r]).
+  // Returns (color [R, C], opacity [R], depth [R], weights [n], transmittance [n]); eps > 0 stops a
+  // ray at the first T < eps (that sample on: weight 0, transmittance 0).
+  m.def(
+      "volrend_fwd(Tensor sigmas, Tensor rgbs, Tensor t_starts, Tensor t_ends, Tensor starts,"
+      " Tensor counts, float eps) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Closed-form backward: (grad_sigmas [n], grad_rgbs [n, C]) from the upstream gradients of
+  // color, opacity, depth and (optional) weights and transmittance.
+  m.def(
+      "volrend_bwd(Tensor grad_color, Tensor grad_opacity, Tensor grad_depth,"
+      " Tensor? grad_weights, Tensor? grad_trans, Tensor rgbs, Tensor t_starts, Tensor t_ends,"
+      " Tensor starts, Tensor counts, Tensor weights, Tensor trans, float eps)"
+      " -> (Tensor, Tensor)");
   // Fused diffusion-sampler step (fastgen/ops/sampler.py; math in fastgen/reference/sampler.py):
   // m = u + s(c - u) when uncond u is given; x0 = clip(p_x x + p_m m + p_z z);
   // out = c_x x + c_0 x0 + c_m m + c_1 h1 + c_2 h2 + c_z z. coeffs: [s, p_x, p_m, p_z, c_x, c_0,

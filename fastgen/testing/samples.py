@@ -204,6 +204,36 @@ def _decode_linear_samples(device) -> list[tuple]:
             (t(0, 6), t(3, 6), t(3))]
 
 
+def _volrend_fwd_samples(device) -> list[tuple]:
+    """(sigmas, rgbs, t_starts, t_ends, starts, counts, eps): packed with an empty ray, early
+    termination on, float64, no samples."""
+    out = []
+    for counts, c, dtype, eps in (([3, 0, 4], 3, torch.float32, 0.0),
+                                  ([5, 2], 1, torch.float64, 0.05),
+                                  ([0, 0], 3, torch.float32, 0.0)):
+        n = sum(counts)
+        cnt = torch.tensor(counts, dtype=torch.int64, device=device)
+        ts = torch.arange(n, dtype=dtype, device=device) * 0.3
+        sig = torch.rand(n, dtype=dtype, device=device).mul(4).requires_grad_()
+        rgb = torch.rand(n, c, dtype=dtype, device=device).requires_grad_()
+        out.append((sig, rgb, ts, ts + 0.3, cnt.cumsum(0) - cnt, cnt, eps))
+    return out
+
+
+def _volrend_bwd_samples(device) -> list[tuple]:
+    out = []
+    for sig, rgb, ts, te, starts, counts, eps in _volrend_fwd_samples(device):
+        _, _, _, w, trans = torch.ops.fastgen.volrend_fwd(sig.detach(), rgb.detach(), ts, te,
+                                                          starts, counts, eps)
+        r = starts.shape[0]
+        g = [torch.rand(r, rgb.shape[1], dtype=w.dtype, device=device),
+             torch.rand(r, dtype=w.dtype, device=device),
+             torch.rand(r, dtype=w.dtype, device=device)]
+        out.append((*g, torch.rand_like(w), None, rgb.detach(), ts, te, starts, counts, w, trans,
+                    eps))
+    return out
+
+
 OPCHECK_SAMPLES: dict[str, tuple[str, str, Callable[[str], list[tuple]]]] = {
     "fastgen::bias_act": ("bias_act", "cpu", _bias_act_fwd_samples),
     "fastgen::bias_act_bwd": ("bias_act", "cpu", _bias_act_bwd_samples),
@@ -223,6 +253,8 @@ OPCHECK_SAMPLES: dict[str, tuple[str, str, Callable[[str], list[tuple]]]] = {
     "fastgen::decode_attention": ("decode_attention", "cpu", _decode_samples),
     "fastgen::decode_attention_triton": ("decode_attention", "triton", _decode_samples),
     "fastgen::decode_linear": ("decode_linear", "cpu", _decode_linear_samples),
+    "fastgen::volrend_fwd": ("volrend", "cpu", _volrend_fwd_samples),
+    "fastgen::volrend_bwd": ("volrend", "cpu", _volrend_bwd_samples),
     "fastgen::sample_tokens": ("sample", "cpu", _sample_tokens_samples),
     "fastgen::sample_tokens_triton": ("sample", "triton", _sample_tokens_samples),
 }
