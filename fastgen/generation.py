@@ -27,6 +27,7 @@ its rotary module is reused), GQA, RMSNorm, sliding windows (Mistral).
 from __future__ import annotations
 
 import numbers
+import warnings
 from typing import Optional
 
 import torch
@@ -66,8 +67,14 @@ def generate(model, input_ids: torch.Tensor, attention_mask: Optional[torch.Tens
     Returns:
         [B, L + n] int64: the prompts followed by the generated tokens; n <= max_new_tokens
         (generation stops when every row has finished).
+
+    Only eos_token_id and pad_token_id are read from the model's generation_config; sampling is
+    set by this function's arguments. Settings that change even greedy tokens in transformers
+    (repetition_penalty, no_repeat_ngram_size, suppress_tokens, min_new_tokens, ...) are not
+    applied, and a warning names them when the model's config turns them on.
     """
     runner = _LlamaRunner(model)
+    _warn_unapplied(getattr(model, "generation_config", None))
     ids, mask = _check_inputs(input_ids, attention_mask, runner.device)
     if not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 1:
         raise ValueError(f"generate: max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
@@ -108,6 +115,23 @@ def generate(model, input_ids: torch.Tensor, attention_mask: Optional[torch.Tens
         if streamer is not None:
             streamer.end()
     return torch.cat([input_ids, torch.stack(new, 1).to(input_ids.device)], 1)
+
+
+# generation_config settings that change transformers' tokens (even greedy ones) and that
+# fastgen.generate does not apply: (key, value that means "off")
+_UNAPPLIED = (("repetition_penalty", 1.0), ("no_repeat_ngram_size", 0), ("suppress_tokens", None),
+              ("begin_suppress_tokens", None), ("bad_words_ids", None), ("min_new_tokens", None),
+              ("min_length", 0), ("forced_bos_token_id", None), ("forced_eos_token_id", None),
+              ("sequence_bias", None), ("encoder_repetition_penalty", 1.0))
+
+
+def _warn_unapplied(gen_cfg) -> None:
+    on = [f"{k}={getattr(gen_cfg, k)!r}" for k, off in _UNAPPLIED
+          if gen_cfg is not None and getattr(gen_cfg, k, off) not in (off, None, [], {})]
+    if on:
+        warnings.warn("fastgen.generate does not apply the model's generation_config "
+                      f"{', '.join(on)}; its tokens can differ from model.generate's",
+                      stacklevel=3)
 
 
 def _check_inputs(input_ids, attention_mask, device):
@@ -159,9 +183,14 @@ class _LlamaRunner:
         self.n_heads = cfg.num_attention_heads
         self.n_kv_heads = cfg.num_key_value_heads
         self.scale = attn.scaling
-        window = getattr(cfg, "sliding_window", None)
-        use = getattr(cfg, "use_sliding_window", True)
-        self.window = (window - 1, -1) if window and use else (-1, -1)
+        # per layer (Qwen2 slides only on its "sliding_attention" layers): a window W lets a
+        # query see the W keys ending at its own position, left = W - 1 (transformers' masks)
+        self.windows = []
+        for layer in self.layers:
+            w = getattr(layer.self_attn, "sliding_window", None) \
+                if hasattr(layer.self_attn, "sliding_window") else getattr(cfg, "sliding_window",
+                                                                            None)
+            self.windows.append((int(w) - 1, -1) if w else (-1, -1))
         param = next(model.parameters())
         self.dtype, self.device = param.dtype, param.device
         # decode steps (few rows) stream each weight once through fastgen's CPU kernel
@@ -217,7 +246,7 @@ class _LlamaRunner:
             q, k, v = self._qkv(attn, x, pos)
             q, k, v = (t[0].transpose(0, 1) for t in (q, k, v))  # [total, H, D]
             cache.write(i, rows, pos, k, v)
-            out = flash_attention(q, k, v, causal=True, window=self.window, scale=self.scale,
+            out = flash_attention(q, k, v, causal=True, window=self.windows[i], scale=self.scale,
                                   cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=longest,
                                   max_seqlen_k=longest)
             return out.reshape(1, -1, self.n_heads * self.head_dim)
@@ -236,7 +265,7 @@ class _LlamaRunner:
         def attend(i, attn, x):
             q, k, v = self._qkv(attn, x, None)
             cache.append(i, k, v)
-            out = cache.attend(i, q, scale=self.scale, window=self.window, validate=False)
+            out = cache.attend(i, q, scale=self.scale, window=self.windows[i], validate=False)
             return out.transpose(1, 2).reshape(x.shape[0], 1, -1)
 
         for i in range(self.n_layers):

@@ -38,14 +38,15 @@ def _decode_fwd_kernel(q_ptr, k_ptr, v_ptr, seqlens_ptr, table_ptr, o_ptr, lse_p
     hkv_n = Hq // G
     b = bh // hkv_n
     h = bh % hkv_n
-    n = tl.load(seqlens_ptr + b)
+    n = tl.minimum(tl.load(seqlens_ptr + b), page * max_pages)  # never past the cache
     r = tl.arange(0, BLOCK_R)
     head = h * G + r // Lq
     i = r % Lq
     row_ok = r < G * Lq
     d = tl.arange(0, BLOCK_D)
     dv = tl.arange(0, BLOCK_DV)
-    q = tl.load(q_ptr + b.to(tl.int64) * sq0 + head[:, None] * sq1 + i[:, None] * sq2
+    q = tl.load(q_ptr + b.to(tl.int64) * sq0 + head.to(tl.int64)[:, None] * sq1
+                + i.to(tl.int64)[:, None] * sq2
                 + d[None, :], mask=row_ok[:, None] & (d[None, :] < D), other=0.0)
     pos = n - Lq + i
     lo = split * chunk
@@ -61,7 +62,8 @@ def _decode_fwd_kernel(q_ptr, k_ptr, v_ptr, seqlens_ptr, table_ptr, o_ptr, lse_p
         else:
             pg = tl.zeros([BLOCK_N], tl.int32) + b
         slot = j % page
-        k = tl.load(k_ptr + pg.to(tl.int64)[:, None] * sk0 + h * sk1 + slot[:, None] * sk2
+        k = tl.load(k_ptr + pg.to(tl.int64)[:, None] * sk0 + h.to(tl.int64) * sk1
+                    + slot.to(tl.int64)[:, None] * sk2
                     + d[None, :], mask=j_ok[:, None] & (d[None, :] < D), other=0.0)
         s = _dot(q, tl.trans(k), PREC, UPCAST) * scale
         if SOFTCAP:
@@ -75,7 +77,8 @@ def _decode_fwd_kernel(q_ptr, k_ptr, v_ptr, seqlens_ptr, table_ptr, o_ptr, lse_p
         alpha = tl.exp(m - m_safe)
         p = tl.exp(s - m_safe[:, None])
         l_sum = l_sum * alpha + tl.sum(p, 1)
-        v = tl.load(v_ptr + pg.to(tl.int64)[:, None] * sv0 + h * sv1 + slot[:, None] * sv2
+        v = tl.load(v_ptr + pg.to(tl.int64)[:, None] * sv0 + h.to(tl.int64) * sv1
+                    + slot.to(tl.int64)[:, None] * sv2
                     + dv[None, :], mask=j_ok[:, None] & (dv[None, :] < DV), other=0.0)
         pv = _dot(p.to(v.dtype), v, PREC, UPCAST)
         acc = acc * alpha[:, None] + pv

@@ -33,8 +33,9 @@ def _key(xs):
 
 
 @triton.jit
-def _scaled(base, idx, msk, t):
-    return tl.load(base + idx, mask=msk, other=-float("inf")).to(tl.float32) / t
+def _scaled(base, idx, msk, mx, t):
+    # (l − max l) / T: the row maximum is 0, so a tiny T cannot overflow to inf − inf
+    return (tl.load(base + idx, mask=msk, other=-float("inf")).to(tl.float32) - mx) / t
 
 
 @triton.jit
@@ -51,12 +52,12 @@ def _sample_fwd_kernel(x_ptr, u_ptr, t_ptr, k_ptr, p_ptr, mp_ptr, out_ptr, V, st
     t = tl.where(greedy, 1.0, t)
     offs = tl.arange(0, BLOCK)
 
-    # max of the scaled row; with t = 1 (greedy) its first index is the argmax
+    # max of the raw row and its first index (the greedy token)
     mx = -float("inf")
     best = V
     for start in range(0, V, BLOCK):
         idx = start + offs
-        xs = _scaled(base, idx, idx < V, t)
+        xs = tl.load(base + idx, mask=idx < V, other=-float("inf")).to(tl.float32)
         cm = tl.max(xs, 0)
         first = tl.min(tl.where(xs == cm, idx, V), 0)
         best = tl.where(cm > mx, first, best)
@@ -74,7 +75,7 @@ def _sample_fwd_kernel(x_ptr, u_ptr, t_ptr, k_ptr, p_ptr, mp_ptr, out_ptr, V, st
         cnt = tl.zeros([], tl.int64)
         for start in range(0, V, BLOCK):
             idx = start + offs
-            key = _key(_scaled(base, idx, idx < V, t))
+            key = _key(_scaled(base, idx, idx < V, mx, t))
             cnt += tl.sum((key >= mid).to(tl.int64), 0)
         ok = cnt >= k
         lo = tl.where(ok, mid, lo)
@@ -84,8 +85,8 @@ def _sample_fwd_kernel(x_ptr, u_ptr, t_ptr, k_ptr, p_ptr, mp_ptr, out_ptr, V, st
     z = 0.0
     for start in range(0, v_draw, BLOCK):
         idx = start + offs
-        xs = _scaled(base, idx, idx < V, t)
-        z += tl.sum(tl.where(_key(xs) >= t_k, tl.exp(xs - mx), 0.0), 0)
+        xs = _scaled(base, idx, idx < V, mx, t)
+        z += tl.sum(tl.where(_key(xs) >= t_k, tl.exp(xs), 0.0), 0)
 
     # top-p: the largest key whose mass at or above it (within top-k) still reaches p · z
     lo = t_k
@@ -95,8 +96,8 @@ def _sample_fwd_kernel(x_ptr, u_ptr, t_ptr, k_ptr, p_ptr, mp_ptr, out_ptr, V, st
         mass = 0.0
         for start in range(0, V, BLOCK):
             idx = start + offs
-            xs = _scaled(base, idx, idx < V, t)
-            mass += tl.sum(tl.where(_key(xs) >= mid, tl.exp(xs - mx), 0.0), 0)
+            xs = _scaled(base, idx, idx < V, mx, t)
+            mass += tl.sum(tl.where(_key(xs) >= mid, tl.exp(xs), 0.0), 0)
         ok = mass >= p * z
         lo = tl.where(ok, mid, lo)
         hi = tl.where(ok, hi, mid)
@@ -105,8 +106,8 @@ def _sample_fwd_kernel(x_ptr, u_ptr, t_ptr, k_ptr, p_ptr, mp_ptr, out_ptr, V, st
     total = 0.0
     for start in range(0, v_draw, BLOCK):
         idx = start + offs
-        xs = _scaled(base, idx, idx < V, t)
-        w = tl.exp(xs - mx)
+        xs = _scaled(base, idx, idx < V, mx, t)
+        w = tl.exp(xs)
         total += tl.sum(tl.where((_key(xs) >= thr) & (w >= mp), w, 0.0), 0)
 
     # the draw: first token whose running kept mass exceeds u · total, in index order
@@ -116,8 +117,8 @@ def _sample_fwd_kernel(x_ptr, u_ptr, t_ptr, k_ptr, p_ptr, mp_ptr, out_ptr, V, st
     last = -1
     for start in range(0, v_draw, BLOCK):
         idx = start + offs
-        xs = _scaled(base, idx, idx < V, t)
-        w = tl.exp(xs - mx)
+        xs = _scaled(base, idx, idx < V, mx, t)
+        w = tl.exp(xs)
         wk = tl.where((_key(xs) >= thr) & (w >= mp), w, 0.0)
         cs = tl.cumsum(wk, 0) + run
         hit = tl.min(tl.where((cs > target) & (wk > 0), idx, V), 0)

@@ -118,3 +118,20 @@ def test_bad_input(gen):
     gpt2 = tf.GPT2LMHeadModel(tf.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50))
     with pytest.raises(NotImplementedError, match="model_type 'gpt2' is not supported"):
         fastgen.generate(gpt2, ids % 50)
+
+
+def test_qwen2_sliding_window_only_on_sliding_layers(gen, seed):
+    # transformers slides only on layers >= max_window_layers
+    model = _model("qwen2", seed % 1000, num_hidden_layers=3, use_sliding_window=True,
+                   sliding_window=5, max_window_layers=1)
+    ids = torch.randint(3, 211, (1, 9), generator=gen)
+    want = model.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=None)
+    got = fastgen.generate(model, ids, max_new_tokens=12, eos_token_id=[])
+    assert torch.equal(got, want)
+
+
+def test_warns_about_generation_config_it_does_not_apply(gen):
+    model = _model()
+    model.generation_config.repetition_penalty = 1.3
+    with pytest.warns(UserWarning, match="repetition_penalty=1.3"):
+        fastgen.generate(model, torch.randint(3, 211, (1, 4), generator=gen), max_new_tokens=2)

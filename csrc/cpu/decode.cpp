@@ -71,9 +71,10 @@ template <typename S>
 void decode_task(const Geometry& g, const S* q, const S* k, const S* v, const int32_t* seqlens,
                  const int32_t* table, at::IntArrayRef qs, at::IntArrayRef ks,
                  at::IntArrayRef vs, int64_t b, int64_t h, int64_t split,
-                 at::opmath_type<S>* o_part, float* lse_part) {
+                 at::opmath_type<S>* o_part, at::opmath_type<S>* lse_part) {
   using T = at::opmath_type<S>;
-  const int64_t R = g.G * g.Lq, n = seqlens[b];
+  const int64_t R = g.G * g.Lq,
+                n = std::min<int64_t>(seqlens[b], g.page * (table ? g.max_pages : 1));
   std::vector<T> qf(R * g.D), acc(R * g.Dv, T(0)), m(R, -std::numeric_limits<T>::infinity()),
       l(R, T(0)), p(R * kBlock), kbuf(kBlock * g.D), vbuf(g.Dv);
   std::vector<int64_t> lo(R), hi(R);
@@ -157,8 +158,7 @@ void decode_task(const Geometry& g, const S* q, const S* k, const S* v, const in
     const bool empty = l[r] == T(0);
     const T inv = empty ? T(0) : T(1) / l[r];
     for (int64_t d = 0; d < g.Dv; ++d) o_part[row * g.Dv + d] = acc[r * g.Dv + d] * inv;
-    lse_part[row] = empty ? -std::numeric_limits<float>::infinity()
-                          : static_cast<float>(m[r] + std::log(l[r]));
+    lse_part[row] = empty ? -std::numeric_limits<T>::infinity() : m[r] + std::log(l[r]);
   }
 }
 
@@ -211,13 +211,13 @@ std::tuple<at::Tensor, at::Tensor> decode_attention_cpu(
   g.chunk = std::max<int64_t>(1, (longest + g.splits - 1) / g.splits);
   const auto work = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor o_part = at::empty({g.B, g.Hq, g.Lq, g.splits, g.Dv}, q.options().dtype(work));
-  at::Tensor lse_part = at::empty({g.B, g.Hq, g.Lq, g.splits}, q.options().dtype(at::kFloat));
+  at::Tensor lse_part = at::empty({g.B, g.Hq, g.Lq, g.splits}, q.options().dtype(work));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "decode_attention", [&] {
     using S = scalar_t;
     using T = at::opmath_type<S>;
     const S *qp = q.data_ptr<S>(), *kp = k.data_ptr<S>(), *vp = v.data_ptr<S>();
     T* op = o_part.data_ptr<T>();
-    float* lp = lse_part.data_ptr<float>();
+    T* lp = lse_part.data_ptr<T>();
     at::parallel_for(0, g.B * g.Hkv * g.splits, 1, [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) {
         const int64_t split = t % g.splits, h = (t / g.splits) % g.Hkv, b = t / (g.splits * g.Hkv);
@@ -227,7 +227,7 @@ std::tuple<at::Tensor, at::Tensor> decode_attention_cpu(
     });
   });
   if (g.splits == 1) {
-    at::Tensor lse = lse_part.squeeze(-1);
+    at::Tensor lse = lse_part.squeeze(-1).to(at::kFloat);
     at::Tensor out = o_part.squeeze(3).to(q.scalar_type());
     // a query that sees no key: out 0 (already), lse +inf (FlashAttention's convention)
     lse.masked_fill_(lse == -std::numeric_limits<float>::infinity(),
@@ -239,9 +239,9 @@ std::tuple<at::Tensor, at::Tensor> decode_attention_cpu(
   at::Tensor safe = at::where(at::isinf(mx), at::zeros_like(mx), mx);
   at::Tensor w = (lse_part - safe).exp();
   at::Tensor total = w.sum(-1, true);
-  at::Tensor out = ((o_part * (w / total.clamp_min(1e-38)).unsqueeze(-1).to(work)).sum(3))
+  at::Tensor out = ((o_part * (w / total.clamp_min(1e-38)).unsqueeze(-1)).sum(3))
                        .to(q.scalar_type());
-  at::Tensor lse = (safe + total.log()).squeeze(-1);
+  at::Tensor lse = (safe + total.log()).squeeze(-1).to(at::kFloat);
   lse.masked_fill_(lse == -std::numeric_limits<float>::infinity(),
                    std::numeric_limits<float>::infinity());
   return {out, lse};

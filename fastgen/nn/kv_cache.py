@@ -82,9 +82,13 @@ class _Cache:
         self._write(layer, rows.long(), positions.long(), k, v)
 
     def _write(self, layer, rows, pos, k, v):
-        if pos.numel() and not torch.compiler.is_compiling() and int(pos.max()) >= self.capacity:
-            raise ValueError(f"{type(self).__name__}: writing position {int(pos.max())} but the "
-                             f"capacity is {self.capacity} tokens per row")
+        if pos.numel() and not torch.compiler.is_compiling():
+            if int(pos.max()) >= self.capacity:
+                raise ValueError(f"{type(self).__name__}: writing position {int(pos.max())} but "
+                                 f"the capacity is {self.capacity} tokens per row")
+            if int(pos.min()) < 0 or int(rows.min()) < 0 or int(rows.max()) >= self.batch_size:
+                raise ValueError(f"{type(self).__name__}: rows must be in [0, {self.batch_size})"
+                                 " and positions >= 0")
         i0, i2 = self._slots(rows, pos)
         self.k[layer][i0, :, i2] = k.to(self.dtype)
         self.v[layer][i0, :, i2] = v.to(self.dtype)

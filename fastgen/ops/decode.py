@@ -58,8 +58,9 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         causal: a query sees no key after its own position (right = 0); the default.
         return_lse: also return the log-sum-exp of the scores [B, Hq, Lq] (float32; +inf for
             a query that sees no key, whose output is 0).
-        validate: check cache_seqlens and block_table values (one host synchronisation on GPU;
-            pass False inside a CUDA graph; skipped under torch.compile).
+        validate: check cache_seqlens and block_table values (host synchronisations on GPU;
+            pass False inside a CUDA graph; skipped under torch.compile). Without it, lengths
+            past the capacity are read as the capacity, and page ids must be valid.
         backend: "triton", "cpu" or "reference"; default: FASTGEN_BACKEND, else the best one.
 
     Returns:
@@ -145,6 +146,9 @@ def _check_index(fn, arg, t, device, ndim):
         raise ValueError(f"{fn}: {arg} must be {ndim}-D, got shape {list(t.shape)}")
     if t.device != device:
         raise ValueError(f"{fn}: {arg} is on {t.device} but q is on {device}")
+    if t.dtype == torch.int64 and t.numel() and not torch.compiler.is_compiling() and bool(
+            ((t < -2**31) | (t >= 2**31)).any()):
+        raise ValueError(f"{fn}: {arg} holds values outside the int32 range")
     return t.to(torch.int32).contiguous()
 
 

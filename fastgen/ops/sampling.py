@@ -33,6 +33,7 @@ __all__ = ["sample"]
 Param = Union[None, float, int, torch.Tensor]
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _FIRST_CANDIDATES = 64
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 def sample(logits: torch.Tensor, *, temperature: Param = 1.0, top_k: Param = None,
@@ -45,7 +46,7 @@ def sample(logits: torch.Tensor, *, temperature: Param = 1.0, top_k: Param = Non
 
     Args:
         logits: [B, V] (or [V]) float16/bfloat16/float32/float64; -inf marks a banned token.
-        temperature: >= 0; 0 is greedy (the first index of the row's largest logit).
+        temperature: finite, >= 0; 0 is greedy (the first index of the row's largest logit).
         top_k: keep the k most likely tokens (ties with the k-th kept too), an int >= 1; None:
             no limit (a per-row tensor may hold values >= V for "no limit").
         top_p: keep the smallest most-likely set whose probability reaches p, in (0, 1]; None
@@ -75,7 +76,7 @@ def sample(logits: torch.Tensor, *, temperature: Param = 1.0, top_k: Param = Non
     x = logits[None] if squeeze else logits
     b, v = x.shape
     temp = _per_row(name, "temperature", temperature, 1.0, b, x.device, torch.float32, 0.0,
-                    math.inf, lo_open=False)
+                    _FLOAT32_MAX, lo_open=False)
     k = _per_row(name, "top_k", top_k, v, b, x.device, torch.int64, 1, math.inf, lo_open=False)
     p = _per_row(name, "top_p", top_p, 1.0, b, x.device, torch.float32, 0.0, 1.0, lo_open=True)
     mp = _per_row(name, "min_p", min_p, 0.0, b, x.device, torch.float32, 0.0, 1.0,
@@ -151,12 +152,15 @@ def _sample_tokens(x: torch.Tensor, u: torch.Tensor, temp: torch.Tensor, k: torc
         return _fake(x, u, temp, k, p, mp)
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     t = torch.where(temp > 0, temp, 1).to(dtype)
-    xs = x.to(dtype) / t[:, None]
+    xf = x.to(dtype)
+    xs = (xf - xf.amax(-1, keepdim=True)) / t[:, None]  # max 0: no overflow for tiny T
     m = xs.amax(-1, keepdim=True)
-    filtered = bool(((k < v) | (p < 1) | (mp > 0)).any())
-    if not filtered:  # the whole row, in index order
+    greedy = temp == 0
+    row_filtered = ((k < v) | (p < 1) | (mp > 0)) & ~greedy
+    tok = torch.zeros(b, dtype=torch.int64)
+    if not bool(row_filtered.all()):  # unfiltered rows: the whole row, in index order
         tok = _draw(torch.exp(xs - m), u, torch.arange(v).expand(b, v))
-    else:
+    if bool(row_filtered.any()):
         use_k, use_p = k < v, p < 1
         total = torch.exp(xs - m).sum(-1, keepdim=True) if bool((~use_k & use_p).any()) else None
         c = min(v, max(_FIRST_CANDIDATES, int(k.masked_fill(~use_k, 0).max()) + 1))
@@ -172,14 +176,16 @@ def _sample_tokens(x: torch.Tensor, u: torch.Tensor, temp: torch.Tensor, k: torc
             mass = torch.nn.functional.pad(wk.cumsum(-1), (1, 0))
             above = mass.gather(-1, torch.searchsorted(-vals, -vals, side="left"))
             keep = keep_k & (above < p.to(dtype)[:, None] * z) & (w >= mp.to(dtype)[:, None])
-            # grow while a row's last candidate is kept (its set may go on past C), or is kept by
-            # top-k (then top-k's mass z may be missing tied tokens past C)
-            if c == v or not bool((keep[:, -1] | (use_k & keep_k[:, -1])).any()):
+            # grow while a filtered row's last candidate is kept (its set may go on past C), or
+            # is kept by top-k (then top-k's mass z may be missing tied tokens past C)
+            grow = (keep[:, -1] | (use_k & keep_k[:, -1])) & row_filtered
+            if c == v or not bool(grow.any()):
                 break
             c = min(v, 4 * c)
         order = idx.argsort(-1)
-        tok = _draw((w * keep).gather(-1, order), u, idx.gather(-1, order))
-    return torch.where(temp == 0, x.argmax(-1), tok)
+        tok_f = _draw((w * keep).gather(-1, order), u, idx.gather(-1, order))
+        tok = torch.where(row_filtered, tok_f, tok)
+    return torch.where(greedy, x.argmax(-1), tok)
 
 
 def _draw(w, u, ids):

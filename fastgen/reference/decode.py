@@ -33,7 +33,7 @@ def gather_cache(cache: torch.Tensor, block_table: Optional[torch.Tensor]) -> to
     contiguous [B, H, L, D] cache is returned as is."""
     if block_table is None:
         return cache
-    pages = cache[block_table.long()]  # [B, max_pages, H, page, D]
+    pages = cache[block_table.long().clamp(min=0)]  # [B, max_pages, H, page, D]; -1: unused
     b, n, h, p, d = pages.shape
     return pages.permute(0, 2, 1, 3, 4).reshape(b, h, n * p, d)
 

@@ -3,8 +3,8 @@
 For one row of logits ``l`` [V] with temperature T > 0 (T = 0 means greedy: the first index of
 the largest logit):
 
-    x   = l / T                               scaled logits (float32, float64 for float64 input)
-    w_i = exp(x_i − max x)                    unnormalised probabilities, max w = 1
+    x   = (l − max l) / T                     scaled logits, max 0 (float32; float64 for float64)
+    w_i = exp(x_i)                            unnormalised probabilities, max w = 1
     top_k:  keep i  iff  x_i >= (k-th largest x)           ties with the k-th value are kept
     top_p:  keep i  iff  Σ_{j kept by top_k, x_j > x_i} w_j  <  p · Σ_{j kept by top_k} w_j
     min_p:  keep i  iff  w_i >= min_p                      (p_i >= min_p · max p)
@@ -41,8 +41,9 @@ def filtered_weights(logits: torch.Tensor, temperature: torch.Tensor, top_k: tor
     """
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     t = torch.where(temperature > 0, temperature, 1).to(dtype)
-    x = logits.to(dtype) / t[:, None]
-    w = torch.exp(x - x.amax(-1, keepdim=True))
+    lf = logits.to(dtype)
+    x = (lf - lf.amax(-1, keepdim=True)) / t[:, None]  # = l/T − max(l/T), without overflow
+    w = torch.exp(x)
     s, _ = x.sort(-1, descending=True)
     kth = s.gather(-1, (top_k.clamp(1, x.shape[-1]) - 1)[:, None])
     keep = x >= kth

@@ -73,3 +73,13 @@ def test_errors():
     paged = PagedKVCache(1, 1, 1, 8, num_pages=4, page_size=2, max_len=4)
     with pytest.raises(ValueError, match="capacity is 4"):
         paged.append(0, torch.randn(1, 1, 5, 8), torch.randn(1, 1, 5, 8))
+
+
+def test_write_refuses_negative_positions_and_bad_rows():
+    for cache in _caches(2):
+        with pytest.raises(ValueError, match="positions >= 0"):
+            cache.write(0, torch.tensor([0]), torch.tensor([-1]), torch.randn(1, 2, 16),
+                        torch.randn(1, 2, 16))
+        with pytest.raises(ValueError, match="rows must be in \\[0, 2\\)"):
+            cache.write(0, torch.tensor([2]), torch.tensor([0]), torch.randn(1, 2, 16),
+                        torch.randn(1, 2, 16))

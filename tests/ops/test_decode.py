@@ -187,3 +187,24 @@ def test_bad_input(kw, match, gen):
     with pytest.raises((ValueError, TypeError), match=match):
         decode_attention(args.pop("q"), args.pop("k_cache"), args.pop("v_cache"),
                          args.pop("cache_seqlens"), **args)
+
+
+def test_float64_split_keys_keep_float64_precision(gen):
+    # one (row, kv head) task: the CPU kernel splits the keys; the merge must stay float64
+    k, v = _cache(1, 1, 4096, 32, torch.float64, gen, "cpu")
+    q = torch.randn(1, 2, 1, 32, generator=gen, dtype=torch.float64)
+    sl = torch.tensor([4096])
+    out = decode_attention(q, k, v, sl, backend="cpu")
+    want, _ = _truth(q, k, v, sl)
+    assert (out - want).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("device,backend", CASES)
+def test_unvalidated_lengths_never_read_past_the_cache(device, backend, gen):
+    k, v = _cache(2, 1, 40, 16, torch.float32, gen, device)
+    q = torch.randn(2, 2, 1, 16, generator=gen).to(device)
+    full = torch.tensor([40, 40], dtype=torch.int32, device=device)
+    over = decode_attention(q, k, v, full + 25, validate=False, backend=backend)
+    torch.testing.assert_close(over, decode_attention(q, k, v, full, backend=backend))
+    with pytest.raises(ValueError, match="outside the int32 range"):
+        decode_attention(q, k, v, torch.tensor([2**31, 3], device=device), backend=backend)

@@ -185,3 +185,23 @@ def test_compiles_fullgraph(gen, seed):
     got = fn(logits)
     torch.manual_seed(seed)
     assert torch.equal(got, sample(logits, top_k=5, top_p=0.9))
+
+
+@pytest.mark.parametrize("device,backend", CASES + [("cpu", "reference")])
+def test_tiny_temperature_does_not_overflow(device, backend):
+    # (l - max l) / T keeps the row maximum at 0: T = 1e-39 is greedy-like, never a banned token
+    x = torch.tensor([[-math.inf, 1.0, 2.0], [3.0, -math.inf, 2.999]], device=device)
+    for kw in (dict(temperature=1e-39), dict(temperature=1e-39, top_k=1), dict(temperature=1e-30,
+                                                                                top_p=0.5)):
+        assert sample(x, backend=backend, **kw).tolist() == [2, 0]
+    with pytest.raises(ValueError, match="temperature"):
+        sample(x, temperature=math.inf, backend=backend)
+
+
+def test_mixed_filtered_and_plain_rows(gen, seed):
+    # a plain row and a greedy row next to filtered rows: the candidate set must not grow to V
+    logits = torch.randn(4, 5000, generator=gen)
+    kw = dict(top_k=torch.tensor([5, 5000, 5, 5000]), temperature=torch.tensor([1.0, 1.0, 0.0,
+                                                                                0.7]))
+    got, want = _same_draws(logits, "cpu", "cpu", seed, **kw)
+    assert torch.equal(got, want)
