@@ -66,6 +66,15 @@ TORCH_LIBRARY(fastgen, m) {
   // Linear layer for a decode step (fastgen/ops/linear.py): out [M, N] = x [M, K] · weight
   // [N, K]ᵀ + bias [N], for few rows M (the weight read once at memory bandwidth).
   m.def("decode_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  // Ray-box slab test (fastgen/ops/raymarch.py): rays_o, rays_d [N, 3], aabbs [M, 6] (lo, hi)
+  // -> (t_near [N, M], t_far [N, M], hit [N, M] bool: t_far > t_near).
+  m.def("ray_aabb_intersect(Tensor rays_o, Tensor rays_d, Tensor aabbs) -> (Tensor, Tensor, Tensor)");
+  // Occupancy-grid marching (csrc/common/raymarch.h): rays over [t_min, t_max) against uint8
+  // bits [L, res, res, res] with level boxes float32 [L, 6]; steps clamp(t·cone, step, inf),
+  // empty cells skipped. Returns packed (ray_indices int64, t_starts, t_ends), sorted by ray.
+  m.def(
+      "occgrid_march(Tensor rays_o, Tensor rays_d, Tensor t_min, Tensor t_max, Tensor bits,"
+      " Tensor boxes, float step, float cone) -> (Tensor, Tensor, Tensor)");
   // Fused volume rendering over packed samples (fastgen/ops/volrend.py; math in
   // fastgen/reference/volrend.py): ray r owns samples [starts[r], starts[r] + counts[r]).
   // Returns (color [R, C], opacity [R], depth [R], weights [n], transmittance [n]); eps > 0 stops a

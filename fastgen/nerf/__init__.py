@@ -1,13 +1,14 @@
-"""NeRF building blocks with nerfacc's names and layouts: volume rendering (fused compositing
-with a closed-form backward) over packed or batched samples.
+"""NeRF building blocks with nerfacc's names and layouts: ray-box intersection, an occupancy grid
+with a packed ray marcher (empty cells skipped by DDA), and volume rendering (fused compositing
+with a closed-form backward) over packed or batched samples."""
 
-Ray marching with an occupancy grid (``OccupancyGrid``, ``ray_aabb_intersect``) is not built
-yet (issue 5)."""
-
+from ..ops.raymarch import march, ray_aabb_intersect
 from ..ops.volrend import (accumulate_along_rays, pack_info, render_transmittance_from_alpha,
                            render_transmittance_from_density, render_weight_from_alpha,
                            render_weight_from_density, rendering, volume_render)
+from .occupancy import OccupancyGrid
 
-__all__ = ["volume_render", "rendering", "render_weight_from_density", "render_weight_from_alpha",
+__all__ = ["OccupancyGrid", "ray_aabb_intersect", "march", "volume_render", "rendering",
+           "render_weight_from_density", "render_weight_from_alpha",
            "render_transmittance_from_density", "render_transmittance_from_alpha",
            "accumulate_along_rays", "pack_info"]

@@ -234,6 +234,27 @@ def _volrend_bwd_samples(device) -> list[tuple]:
     return out
 
 
+def _ray_aabb_samples(device) -> list[tuple]:
+    """(rays_o, rays_d, aabbs): rays through, beside and parallel to two boxes; float64; none."""
+    o = torch.tensor([[-1.0, 0.5, 0.5], [-1.0, 3.0, 0.5], [0.5, 0.5, -2.0]], device=device)
+    d = torch.tensor([[1.0, 0.1, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], device=device)
+    boxes = torch.tensor([[0.0, 0, 0, 1, 1, 1], [0.2, 0.2, 0.2, 0.6, 0.6, 0.6]], device=device)
+    return [(o, d, boxes), (o.double(), d.double(), boxes.double()), (o[:0], d[:0], boxes)]
+
+
+def _occgrid_march_samples(device) -> list[tuple]:
+    """(rays_o, rays_d, t_min, t_max, bits, boxes, step, cone): two levels, a cone angle."""
+    g = torch.Generator().manual_seed(0)
+    o = torch.tensor([[-1.0, 0.5, 0.5], [-1.0, 0.3, 0.6], [0.5, -1.0, 0.5]], device=device)
+    d = torch.tensor([[1.0, 0.05, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], device=device)
+    bits = (torch.rand(2, 4, 4, 4, generator=g) < 0.5).to(torch.uint8).to(device)
+    boxes = torch.tensor([[0.0, 0, 0, 1, 1, 1], [-0.5, -0.5, -0.5, 1.5, 1.5, 1.5]],
+                         device=device)
+    t0 = torch.full((3,), 0.5, device=device)
+    t1 = torch.full((3,), 2.5, device=device)
+    return [(o, d, t0, t1, bits, boxes, 0.05, 0.0), (o, d, t0, t1, bits, boxes, 0.02, 0.1)]
+
+
 OPCHECK_SAMPLES: dict[str, tuple[str, str, Callable[[str], list[tuple]]]] = {
     "fastgen::bias_act": ("bias_act", "cpu", _bias_act_fwd_samples),
     "fastgen::bias_act_bwd": ("bias_act", "cpu", _bias_act_bwd_samples),
@@ -255,6 +276,8 @@ OPCHECK_SAMPLES: dict[str, tuple[str, str, Callable[[str], list[tuple]]]] = {
     "fastgen::decode_linear": ("decode_linear", "cpu", _decode_linear_samples),
     "fastgen::volrend_fwd": ("volrend", "cpu", _volrend_fwd_samples),
     "fastgen::volrend_bwd": ("volrend", "cpu", _volrend_bwd_samples),
+    "fastgen::ray_aabb_intersect": ("ray_aabb_intersect", "cpu", _ray_aabb_samples),
+    "fastgen::occgrid_march": ("march", "cpu", _occgrid_march_samples),
     "fastgen::sample_tokens": ("sample", "cpu", _sample_tokens_samples),
     "fastgen::sample_tokens_triton": ("sample", "triton", _sample_tokens_samples),
 }
