@@ -77,6 +77,12 @@ def _demo_gpt(args) -> int:
     return gpt.run(args)
 
 
+def _demo_nerf(args) -> int:
+    from .demos import nerf
+
+    return nerf.run(args)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="fastgen", description="fastgen: fused kernels for "
                                      "generative models. Commands: info, bench, demo.")
@@ -102,7 +108,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     p.set_defaults(func=_bench)
 
-    from .demos import DEMOS, diffusion, gpt, image
+    from .demos import DEMOS, diffusion, gpt, image, nerf
 
     p = sub.add_parser("demo", help="end-to-end demos: " + ", ".join(DEMOS))
     demos = p.add_subparsers(dest="demo", required=True)
@@ -115,6 +121,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     d = demos.add_parser("gpt", help=DEMOS["gpt"])
     gpt.add_arguments(d)
     d.set_defaults(func=_demo_gpt)
+    d = demos.add_parser("nerf", help=DEMOS["nerf"])
+    nerf.add_arguments(d)
+    d.set_defaults(func=_demo_nerf)
 
     args = parser.parse_args(argv)
     if getattr(args, "repeats", 1) < 1 or getattr(args, "warmup", 1) < 0:

@@ -4,7 +4,9 @@ from .denoiser import (SCHEDULERS, Denoiser, SamplingTiming, TrainResult, make_s
                        train_denoiser)
 from .gpt import GPT, GPTConfig, GPTTrainResult, train_gpt
 from .image import FitResult, NeuralImage, fit_image, psnr
+from .ngp import InstantNGP, NGPTrainResult, train_ngp
 
 __all__ = ["NeuralImage", "FitResult", "fit_image", "psnr", "Denoiser", "TrainResult",
            "SamplingTiming", "train_denoiser", "sample", "make_scheduler", "SCHEDULERS",
-           "GPT", "GPTConfig", "GPTTrainResult", "train_gpt"]
+           "GPT", "GPTConfig", "GPTTrainResult", "train_gpt",
+           "InstantNGP", "NGPTrainResult", "train_ngp"]
