@@ -1,14 +1,16 @@
 // CPU launchers for ray-box intersection and occupancy-grid marching (fastgen/ops/raymarch.py;
-// per-ray logic in csrc/common/raymarch.h; schemas in csrc/registration.cpp). Marching runs twice
-// over the rays: a count pass sizes the packed output, a fill pass writes it; both call the same
-// per-ray function, so they agree sample for sample.
+// per-ray logic in csrc/common/raymarch.h; schemas in csrc/registration.cpp). Marching runs once:
+// contiguous chunks of rays collect their samples in growing buffers, concatenated in ray order
+// (a CUDA launcher would count first, then fill: march() emits the same samples on every call).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
+#include <vector>
 
 #include "common/raymarch.h"
 
@@ -64,36 +66,41 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> occgrid_march_cpu(
   const int64_t N = o.size(0);
   const raymarch::Grid g{bits.data_ptr<uint8_t>(), boxes.data_ptr<float>(), bits.size(0),
                          bits.size(1)};
-  at::Tensor counts = at::empty({N}, o.options().dtype(at::kLong));
   at::Tensor ray_indices, ts, te;
   AT_DISPATCH_FLOATING_TYPES(o.scalar_type(), "occgrid_march", [&] {
     using T = scalar_t;
     const T *op = o.data_ptr<T>(), *dp = d.data_ptr<T>(), *ap = t0.data_ptr<T>(),
             *bp = t1.data_ptr<T>();
-    int64_t* cp = counts.data_ptr<int64_t>();
     const T st = static_cast<T>(step), cn = static_cast<T>(cone);
-    at::parallel_for(0, N, 64, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r)
-        cp[r] = raymarch::march<T>(g, op + 3 * r, dp + 3 * r, ap[r], bp[r], st, cn,
-                                   [](T, T) {});
+    // One pass: each chunk of rays (in ray order) collects its samples, then the chunks are
+    // concatenated in order, so the output is sorted by ray whatever the threads did.
+    const int64_t n_chunks = std::max<int64_t>(1, std::min<int64_t>(N, 8 * at::get_num_threads()));
+    const int64_t per = (N + n_chunks - 1) / n_chunks;
+    std::vector<std::vector<int64_t>> rays(n_chunks);
+    std::vector<std::vector<T>> starts(n_chunks), ends(n_chunks);
+    at::parallel_for(0, n_chunks, 1, [&](int64_t cb, int64_t ce) {
+      for (int64_t c = cb; c < ce; ++c) {
+        for (int64_t r = c * per; r < std::min(N, (c + 1) * per); ++r) {
+          raymarch::march<T>(g, op + 3 * r, dp + 3 * r, ap[r], bp[r], st, cn, [&](T a, T b) {
+            rays[c].push_back(r);
+            starts[c].push_back(a);
+            ends[c].push_back(b);
+          });
+        }
+      }
     });
-    const at::Tensor offsets = counts.cumsum(0) - counts;
-    const int64_t total = N ? offsets[N - 1].item<int64_t>() + cp[N - 1] : 0;
-    ray_indices = at::empty({total}, o.options().dtype(at::kLong));
-    ts = at::empty({total}, o.options());
-    te = at::empty({total}, o.options());
-    const int64_t* off = offsets.data_ptr<int64_t>();
+    std::vector<int64_t> offset(n_chunks + 1, 0);
+    for (int64_t c = 0; c < n_chunks; ++c) offset[c + 1] = offset[c] + rays[c].size();
+    ray_indices = at::empty({offset[n_chunks]}, o.options().dtype(at::kLong));
+    ts = at::empty({offset[n_chunks]}, o.options());
+    te = at::empty({offset[n_chunks]}, o.options());
     int64_t* ri = ray_indices.data_ptr<int64_t>();
     T *tsp = ts.data_ptr<T>(), *tep = te.data_ptr<T>();
-    at::parallel_for(0, N, 64, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        int64_t k = off[r];
-        raymarch::march<T>(g, op + 3 * r, dp + 3 * r, ap[r], bp[r], st, cn, [&](T a, T b) {
-          ri[k] = r;
-          tsp[k] = a;
-          tep[k] = b;
-          ++k;
-        });
+    at::parallel_for(0, n_chunks, 1, [&](int64_t cb, int64_t ce) {
+      for (int64_t c = cb; c < ce; ++c) {
+        std::copy(rays[c].begin(), rays[c].end(), ri + offset[c]);
+        std::copy(starts[c].begin(), starts[c].end(), tsp + offset[c]);
+        std::copy(ends[c].begin(), ends[c].end(), tep + offset[c]);
       }
     });
   });

@@ -8,7 +8,9 @@
 
 Both evaluate the same field: the scene's analytic density and colour scaled by two learnable
 scalars, so that the backward runs through the renderer into parameters. The occupancy grid
-(64³) is built from the analytic density before timing. Rate column: rays per second.
+(64³) is built from the analytic density before timing. Rate column: rays per second. The
+error column compares the colours: the two sample the rays at different positions (per-ray
+steps from the box entry vs one uniform lattice from near), so it measures discretisation.
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ def _fastgen(s):
                                      render_step_size=s["step"], early_stop_eps=1e-4)
     color = rendering(ts, te, ray, o.shape[0], rgb_sigma_fn=rgb_sigma_fn,
                       render_bkgd=s["bg"])[0]
-    return (color, *torch.autograd.grad(color.sum(), (s["a"], s["b"])))
+    torch.autograd.grad(color.sum(), (s["a"], s["b"]))
+    return (color,)
 
 
 def _reference(s):
@@ -84,7 +87,8 @@ def _reference(s):
     w = trans * alpha
     color = (w[..., None] * rgb.reshape(*ts.shape, 3)).sum(1) + s["bg"] * (1 - w.sum(1,
                                                                             keepdim=True))
-    return (color, *torch.autograd.grad(color.sum(), (s["a"], s["b"])))
+    torch.autograd.grad(color.sum(), (s["a"], s["b"]))
+    return (color,)
 
 
 def cases(device: str) -> list[Case]:
