@@ -42,6 +42,15 @@ timeout 60 $py -m fastgen bench --device cuda --full --filter sampler_step --no-
   --json "$out/bench_sampler.json" > "$out/bench_sampler.txt" 2>&1
 cat "$out/bench_sampler.txt"
 
+# Decoding (decode attention GB/s, sampling) and NeRF (CUDA marcher and renderer vs CPU).
+timeout 120 $py -m pytest -q -p no:cacheprovider tests/ops/test_decode.py \
+  tests/ops/test_sampling.py tests/ops/test_volrend.py tests/ops/test_raymarch.py \
+  > "$out/tests_decode_nerf.txt" 2>&1
+tail -5 "$out/tests_decode_nerf.txt"
+timeout 90 $py -m fastgen bench --device cuda --full --filter "decode_attention|sample/" \
+  --no-progress --json "$out/bench_decode.json" > "$out/bench_decode.txt" 2>&1
+cat "$out/bench_decode.txt"
+
 timeout 360 $py -m pytest -q -p no:cacheprovider tests/ops/test_attention.py tests \
   > "$out/tests.txt" 2>&1
 echo "pytest exit status $?" >> "$out/tests.txt"

@@ -3,7 +3,8 @@
     fastgen/ops/raymarch.py          this file: public functions, checks, backends
     fastgen/reference/raymarch.py    slab test in PyTorch; the marcher as a numba-compiled loop
     csrc/common/raymarch.h           per-ray slab test, grid lookup, DDA skip, marching
-    csrc/cpu/raymarch.cpp            backend ``cpu`` (count pass + fill pass, at::parallel_for)
+    csrc/cpu/raymarch.cpp            backend ``cpu`` (one pass, chunks of rays, at::parallel_for)
+    csrc/cuda/raymarch.cu            backend ``cuda`` (count + fill launches; compiled, not yet run)
     fastgen/nerf/occupancy.py        OccupancyGrid: the grid, its update rule, ``sampling``
     tests/ops/test_raymarch.py
 
@@ -120,22 +121,36 @@ if _ext.has_op("occgrid_march"):
     torch.library.register_fake("fastgen::occgrid_march")(_fake_march)
 
 
-def _cpu_available(device_type: str) -> Optional[str]:
-    if _ext.has_op("occgrid_march"):
-        return None
-    return _ext.unavailable_reason() or "fastgen._C has no occgrid_march (rebuild)"
+def _native_available(device_type: str) -> Optional[str]:
+    if not _ext.has_op("occgrid_march"):
+        return _ext.unavailable_reason() or "fastgen._C has no occgrid_march (rebuild)"
+    key = "CUDA" if device_type == "cuda" else "CPU"
+    if not torch._C._dispatch_has_kernel_for_dispatch_key("fastgen::occgrid_march", key):
+        return f"fastgen._C was built without {device_type} kernels for ray marching"
+    return None
+
+
+def _run_box(o, d, b):  # the CPU or CUDA kernel, by dispatch
+    return torch.ops.fastgen.ray_aabb_intersect(o, d, b)
+
+
+def _run_march(*args):
+    return torch.ops.fastgen.occgrid_march(*args)
 
 
 _OP_BOX = registry.register("ray_aabb_intersect", [
-    registry.Backend("cpu", lambda o, d, b: torch.ops.fastgen.ray_aabb_intersect(o, d, b),
-                     devices=("cpu",), available=_cpu_available,
+    registry.Backend("cuda", _run_box, devices=("cuda",), available=_native_available,
+                     summary="csrc/cuda/raymarch.cu"),
+    registry.Backend("cpu", _run_box, devices=("cpu",), available=_native_available,
                      summary="csrc/cpu/raymarch.cpp"),
     registry.Backend("reference", _ref.ray_aabb_intersect,
                      summary="fastgen/reference/raymarch.py"),
 ])
 _OP_MARCH = registry.register("march", [
-    registry.Backend("cpu", lambda *a: torch.ops.fastgen.occgrid_march(*a), devices=("cpu",),
-                     available=_cpu_available, summary="csrc/cpu/raymarch.cpp"),
+    registry.Backend("cuda", _run_march, devices=("cuda",), available=_native_available,
+                     summary="csrc/cuda/raymarch.cu (count, then fill; one sync for the size)"),
+    registry.Backend("cpu", _run_march, devices=("cpu",), available=_native_available,
+                     summary="csrc/cpu/raymarch.cpp"),
     registry.Backend("reference", _ref.march,
                      summary="fastgen/reference/raymarch.py (numba loop)"),
 ])

@@ -5,6 +5,7 @@
     fastgen/reference/volrend.py   the math in PyTorch (exclusive sum-scan, index_add)
     csrc/common/volrend.h          per-ray forward and backward shared by the C++ launchers
     csrc/cpu/volrend.cpp           backend ``cpu`` (one ray per loop iteration, at::parallel_for)
+    csrc/cuda/volrend.cu           backend ``cuda`` (one thread per ray; compiled, not yet run)
     tests/ops/test_volrend.py
 
 Layouts, as nerfacc 0.5: **packed** flat [n_samples] tensors with either ``ray_indices``
@@ -250,7 +251,7 @@ def _run_reference(sig, rgb, ts, te, starts, counts, eps):
     return _ref.volrend(sig, rgb, ts, te, starts, counts, eps)
 
 
-def _run_cpu(sig, rgb, ts, te, starts, counts, eps):
+def _run_cpu(sig, rgb, ts, te, starts, counts, eps):  # the CPU or CUDA kernel, by dispatch
     return torch.ops.fastgen.volrend_fwd(sig, rgb, ts, te, starts, counts, eps)
 
 
@@ -283,13 +284,16 @@ def _backward(ctx, g_color, g_opacity, g_depth, g_w, g_trans):
     return g_sig, g_rgb, None, None, None, None, None
 
 
-def _cpu_available(device_type: str) -> Optional[str]:
-    if _ext.has_op("volrend_fwd"):
-        return None
-    return _ext.unavailable_reason() or "fastgen._C has no volrend_fwd (rebuild)"
+def _native_available(device_type: str) -> Optional[str]:
+    if not _ext.has_op("volrend_fwd"):
+        return _ext.unavailable_reason() or "fastgen._C has no volrend_fwd (rebuild)"
+    key = "CUDA" if device_type == "cuda" else "CPU"
+    if not torch._C._dispatch_has_kernel_for_dispatch_key("fastgen::volrend_fwd", key):
+        return f"fastgen._C was built without {device_type} kernels for volrend"
+    return None
 
 
-def _check_cpu(sig, rgb, ts, te, starts, counts, eps) -> Optional[str]:
+def _check_native(sig, rgb, ts, te, starts, counts, eps) -> Optional[str]:
     if sig.dtype not in (torch.float32, torch.float64):
         return f"{sig.dtype} (float32 and float64)"
     if ts.requires_grad or te.requires_grad:
@@ -303,7 +307,9 @@ if _ext.has_op("volrend_fwd"):
     torch.library.register_autograd("fastgen::volrend_fwd", _backward, setup_context=_setup)
 
 _OP = registry.register("volrend", [
-    registry.Backend("cpu", _run_cpu, devices=("cpu",), available=_cpu_available,
-                     check=_check_cpu, summary="csrc/cpu/volrend.cpp"),
+    registry.Backend("cuda", _run_cpu, devices=("cuda",), available=_native_available,
+                     check=_check_native, summary="csrc/cuda/volrend.cu (one thread per ray)"),
+    registry.Backend("cpu", _run_cpu, devices=("cpu",), available=_native_available,
+                     check=_check_native, summary="csrc/cpu/volrend.cpp"),
     registry.Backend("reference", _run_reference, summary="fastgen/reference/volrend.py"),
 ])

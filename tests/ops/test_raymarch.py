@@ -200,3 +200,19 @@ def test_bad_input_and_empty_batches(gen):
     assert ray.numel() == ts.numel() == te.numel() == 0
     with pytest.raises(RuntimeError, match="training mode"):
         grid.eval().update_every_n_steps(0, lambda x: x[:, 0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_marcher_matches_cpu(gen):
+    o, d = _rays(gen)
+    bits = torch.rand(2, 16, 16, 16, generator=gen) < 0.3
+    boxes = torch.tensor([[0.0, 0, 0, 1, 1, 1], [-0.5, -0.5, -0.5, 1.5, 1.5, 1.5]])
+    t0, t1, hit = ray_aabb_intersect(o, d, boxes[1:], near_plane=0.0)
+    t0c, t1c, hitc = ray_aabb_intersect(o.cuda(), d.cuda(), boxes[1:].cuda(), near_plane=0.0)
+    assert torch.equal(hit, hitc.cpu())
+    t0, t1 = t0[:, 0], t1[:, 0]
+    t0 = torch.where(torch.isfinite(t0), t0, t1)
+    cpu = march(o, d, t0, t1, bits, boxes, 0.01, 0.01)
+    gpu = march(o.cuda(), d.cuda(), t0.cuda(), t1.cuda(), bits.cuda(), boxes.cuda(), 0.01, 0.01)
+    assert torch.equal(cpu[0], gpu[0].cpu())
+    torch.testing.assert_close(cpu[1], gpu[1].cpu(), rtol=0, atol=1e-5)

@@ -201,3 +201,17 @@ def test_bad_input():
     assert empty[0].shape == (2, 3) and (empty[1] == 0).all()
     w, trans, alphas = render_weight_from_density(ts[None], ts[None] + 1, sig[None])
     assert w.shape == trans.shape == alphas.shape == (1, 6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu(gen):
+    sig, rgb, ts, te, ray, n_rays = _random_packed(gen, dtype=torch.float32)
+    cpu = volume_render(sig, rgb, ts, te, ray_indices=ray, n_rays=n_rays, early_stop_eps=0.01)
+    dev = [t.detach().cuda().requires_grad_(t.requires_grad) for t in (sig, rgb, ts, te)]
+    gpu = volume_render(*dev, ray_indices=ray.cuda(), n_rays=n_rays, early_stop_eps=0.01)
+    for a, b in zip(cpu, gpu):
+        torch.testing.assert_close(a, b.cpu(), rtol=1e-5, atol=1e-6)
+    g_cpu = torch.autograd.grad(cpu[0].sum() + cpu[2].sum(), (sig, rgb))
+    g_gpu = torch.autograd.grad(gpu[0].sum() + gpu[2].sum(), dev[:2])
+    for a, b in zip(g_cpu, g_gpu):
+        torch.testing.assert_close(a, b.cpu(), rtol=1e-5, atol=1e-6)
