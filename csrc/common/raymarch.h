@@ -100,34 +100,42 @@ FASTGEN_HD T cell_exit(const T* o, const T* d, const T* lo, const T* size) {
   return t;
 }
 
-// Marches one ray over [t0, t1); calls emit(t_start, t_end) for each kept sample, in order;
-// returns the count. The same call with the same inputs emits the same samples (count pass, then
-// fill pass).
+// Marches one ray over [t0, t1) clipped to the outermost level's box; calls emit(t_start,
+// t_end) for each kept sample, in order; returns the count. The same call with the same inputs
+// emits the same samples (a count pass and a fill pass agree).
 template <typename T, typename Emit>
 FASTGEN_HD int64_t march(const Grid& g, const T* o, const T* d, T t0, T t1, T step, T cone,
                          Emit emit) {
+  T box[6];
+  for (int i = 0; i < 6; ++i) box[i] = T(g.boxes[6 * (g.levels - 1) + i]);
+  T tn, tf;
+  if (!ray_aabb(o, d, box, &tn, &tf)) return 0;
+  t0 = t0 > tn ? t0 : tn;
+  t1 = t1 < tf ? t1 : tf;
   int64_t n = 0;
   T t = t0;
-  int64_t guard = 0;
-  while (t < t1 && guard++ < (int64_t(1) << 24)) {
+  while (t < t1) {
     T dt = t * cone;
     dt = dt > step ? dt : step;
+    if (!(t + dt > t)) break;  // the step vanishes in this precision: stop, do not stall
     const T mid = t + dt * T(0.5);
     if (!(mid < t1)) break;
     T x[3], lo[3], size[3];
     for (int ax = 0; ax < 3; ++ax) x[ax] = o[ax] + d[ax] * mid;
     int64_t level;
     const int64_t flat = locate(g, x, &level, lo, size);
-    if (flat < 0) {  // outside the grid: skip to where the ray re-enters nothing; stop
-      break;
-    }
+    if (flat < 0) break;  // outside the outermost box: the ray is done
     if (g.bits[flat]) {
       const T end = t + dt < t1 ? t + dt : t1;
       emit(t, end);
       ++n;
       t = t + dt;
     } else {
-      const T exit = cell_exit(o, d, lo, size);
+      T exit = cell_exit(o, d, lo, size);
+      if (level > 0) {  // a coarse cell may straddle the finer level's box: stop at its entry
+        for (int i = 0; i < 6; ++i) box[i] = T(g.boxes[6 * (level - 1) + i]);
+        if (ray_aabb(o, d, box, &tn, &tf) && tn > t && tn < exit) exit = tn;
+      }
       t = exit > t ? exit : t + dt;  // always progress
     }
   }

@@ -56,8 +56,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> occgrid_march_cpu(
                   bits_.size(1) == bits_.size(2) && bits_.size(2) == bits_.size(3),
               "fastgen::occgrid_march: the occupancy bits must be uint8 [L, res, res, res]");
   TORCH_CHECK(boxes_.scalar_type() == at::kFloat && boxes_.dim() == 2 && boxes_.size(1) == 6 &&
-                  boxes_.size(0) == bits_.size(0),
-              "fastgen::occgrid_march: level boxes must be float32 [L, 6]");
+                  boxes_.size(0) == bits_.size(0) && bits_.size(0) >= 1,
+              "fastgen::occgrid_march: level boxes must be float32 [L, 6], L >= 1");
+  for (const at::Tensor* t : {&t0_, &t1_, &bits_, &boxes_}) {
+    TORCH_CHECK(t->device().is_cpu(), "fastgen::occgrid_march: expected CPU tensors");
+  }
   const at::Tensor o = o_.contiguous(), d = d_.contiguous(), t0 = t0_.contiguous(),
                    t1 = t1_.contiguous(), bits = bits_.contiguous(), boxes = boxes_.contiguous();
   TORCH_CHECK(t0.scalar_type() == o.scalar_type() && t1.scalar_type() == o.scalar_type() &&

@@ -16,7 +16,9 @@ namespace {
 
 void check_packed(const at::Tensor& sigmas, const at::Tensor& rgbs, const at::Tensor& ts,
                   const at::Tensor& te, const at::Tensor& starts, const at::Tensor& counts) {
-  TORCH_CHECK(sigmas.device().is_cpu(), "fastgen::volrend: expected CPU tensors");
+  for (const at::Tensor* t : {&sigmas, &rgbs, &ts, &te, &starts, &counts}) {
+    TORCH_CHECK(t->device().is_cpu(), "fastgen::volrend: expected CPU tensors");
+  }
   TORCH_CHECK(sigmas.dim() == 1 && ts.sizes() == sigmas.sizes() && te.sizes() == sigmas.sizes(),
               "fastgen::volrend: sigmas, t_starts, t_ends must be [n_samples]");
   TORCH_CHECK(rgbs.dim() == 2 && rgbs.size(0) == sigmas.size(0),
@@ -43,7 +45,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> volrend_f
   at::Tensor color = at::empty({R, C}, rgbs.options());
   at::Tensor opacity = at::empty({R}, sigmas.options());
   at::Tensor depth = at::empty({R}, sigmas.options());
-  at::Tensor w = at::empty_like(sigmas), trans = at::empty_like(sigmas);
+  at::Tensor w = at::zeros_like(sigmas), trans = at::zeros_like(sigmas);
   const int64_t* sp = starts.data_ptr<int64_t>();
   const int64_t* cp = counts.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES(sigmas.scalar_type(), "volrend_fwd", [&] {
@@ -79,7 +81,7 @@ std::tuple<at::Tensor, at::Tensor> volrend_bwd_cpu(
   TORCH_CHECK(g_color.sizes() == at::IntArrayRef({R, C}) && g_opacity.numel() == R &&
                   g_depth.numel() == R,
               "fastgen::volrend_bwd: upstream gradients must be [n_rays, C], [n_rays], [n_rays]");
-  at::Tensor g_sigma = at::empty_like(w), g_rgb = at::empty_like(rgbs);
+  at::Tensor g_sigma = at::zeros_like(w), g_rgb = at::zeros_like(rgbs);
   const int64_t* sp = starts.data_ptr<int64_t>();
   const int64_t* cp = counts.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "volrend_bwd", [&] {

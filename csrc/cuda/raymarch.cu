@@ -40,12 +40,14 @@ __global__ void count_kernel(int64_t N, raymarch::Grid g, const T* o, const T* d
 
 template <typename T>
 __global__ void fill_kernel(int64_t N, raymarch::Grid g, const T* o, const T* d, const T* t0,
-                            const T* t1, T step, T cone, const int64_t* offsets, int64_t* ri,
-                            T* ts, T* te) {
+                            const T* t1, T step, T cone, const int64_t* offsets,
+                            const int64_t* counts, int64_t* ri, T* ts, T* te) {
   const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (r >= N) return;
   int64_t k = offsets[r];
+  const int64_t end = k + counts[r];  // never past this ray's slots, whatever happens
   raymarch::march<T>(g, o + 3 * r, d + 3 * r, t0[r], t1[r], step, cone, [&](T a, T b) {
+    if (k >= end) return;
     ri[k] = r;
     ts[k] = a;
     te[k] = b;
@@ -76,8 +78,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> occgrid_march_cuda(
     const at::Tensor& o_, const at::Tensor& d_, const at::Tensor& t0_, const at::Tensor& t1_,
     const at::Tensor& bits_, const at::Tensor& boxes_, double step, double cone) {
   TORCH_CHECK(o_.is_cuda(), "fastgen::occgrid_march: expected CUDA tensors");
-  TORCH_CHECK(bits_.scalar_type() == at::kByte && boxes_.scalar_type() == at::kFloat,
-              "fastgen::occgrid_march: uint8 bits and float32 boxes expected");
+  TORCH_CHECK(bits_.scalar_type() == at::kByte && bits_.dim() == 4 &&
+                  bits_.size(1) == bits_.size(2) && bits_.size(2) == bits_.size(3) &&
+                  boxes_.scalar_type() == at::kFloat && boxes_.dim() == 2 &&
+                  boxes_.size(0) == bits_.size(0) && boxes_.size(1) == 6 && bits_.size(0) >= 1,
+              "fastgen::occgrid_march: uint8 bits [L, res, res, res] and float32 boxes [L, 6]");
+  for (const at::Tensor* t : {&d_, &t0_, &t1_, &bits_, &boxes_}) {
+    TORCH_CHECK(t->device() == o_.device(), "fastgen::occgrid_march: all tensors on ",
+                o_.device());
+  }
   const at::cuda::CUDAGuard guard(o_.device());
   const at::Tensor o = o_.contiguous(), d = d_.contiguous(), t0 = t0_.contiguous(),
                    t1 = t1_.contiguous(), bits = bits_.contiguous(), boxes = boxes_.contiguous();
@@ -104,7 +113,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> occgrid_march_cuda(
     if (total > 0) {
       fill_kernel<T><<<blocks(N), kThreads, 0, stream>>>(
           N, g, o.data_ptr<T>(), d.data_ptr<T>(), t0.data_ptr<T>(), t1.data_ptr<T>(), st, cn,
-          offsets.data_ptr<int64_t>(), ray_indices.data_ptr<int64_t>(), ts.data_ptr<T>(),
+          offsets.data_ptr<int64_t>(), counts.data_ptr<int64_t>(),
+          ray_indices.data_ptr<int64_t>(), ts.data_ptr<T>(),
           te.data_ptr<T>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }

@@ -54,6 +54,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> volrend_f
   TORCH_CHECK(sigmas_.is_cuda(), "fastgen::volrend_fwd: expected CUDA tensors");
   TORCH_CHECK(starts_.scalar_type() == at::kLong && counts_.scalar_type() == at::kLong,
               "fastgen::volrend_fwd: starts and counts must be int64");
+  for (const at::Tensor* t : {&rgbs_, &ts_, &te_, &starts_, &counts_}) {
+    TORCH_CHECK(t->device() == sigmas_.device(), "fastgen::volrend_fwd: all tensors on ",
+                sigmas_.device());
+  }
   const at::cuda::CUDAGuard guard(sigmas_.device());
   const at::Tensor sigmas = sigmas_.contiguous(), rgbs = rgbs_.contiguous(),
                    ts = ts_.contiguous(), te = te_.contiguous(), starts = starts_.contiguous(),
@@ -61,7 +65,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> volrend_f
   const int64_t R = starts.size(0), C = rgbs.size(1);
   at::Tensor color = at::empty({R, C}, rgbs.options());
   at::Tensor opacity = at::empty({R}, sigmas.options()), depth = at::empty({R}, sigmas.options());
-  at::Tensor w = at::empty_like(sigmas), trans = at::empty_like(sigmas);
+  at::Tensor w = at::zeros_like(sigmas), trans = at::zeros_like(sigmas);
   if (R == 0) return {color, opacity, depth, w, trans};
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(sigmas.scalar_type(), "volrend_fwd_cuda", [&] {
@@ -83,6 +87,9 @@ std::tuple<at::Tensor, at::Tensor> volrend_bwd_cuda(
     const at::Tensor& starts_, const at::Tensor& counts_, const at::Tensor& w_,
     const at::Tensor& trans_, double eps) {
   TORCH_CHECK(w_.is_cuda(), "fastgen::volrend_bwd: expected CUDA tensors");
+  for (const at::Tensor* t : {&g_color_, &g_opacity_, &g_depth_, &rgbs_, &starts_, &trans_}) {
+    TORCH_CHECK(t->device() == w_.device(), "fastgen::volrend_bwd: all tensors on ", w_.device());
+  }
   const at::cuda::CUDAGuard guard(w_.device());
   auto c = [](const at::Tensor& t) { return t.contiguous(); };
   const at::Tensor g_color = c(g_color_), g_opacity = c(g_opacity_), g_depth = c(g_depth_),
@@ -91,7 +98,7 @@ std::tuple<at::Tensor, at::Tensor> volrend_bwd_cuda(
   const at::Tensor g_w = g_w_ ? c(*g_w_) : at::Tensor();
   const at::Tensor g_trans = g_trans_ ? c(*g_trans_) : at::Tensor();
   const int64_t R = starts.size(0), C = rgbs.size(1);
-  at::Tensor g_sigma = at::empty_like(w), g_rgb = at::empty_like(rgbs);
+  at::Tensor g_sigma = at::zeros_like(w), g_rgb = at::zeros_like(rgbs);
   if (R == 0) return {g_sigma.zero_(), g_rgb.zero_()};
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "volrend_bwd_cuda", [&] {

@@ -123,7 +123,7 @@ class InstantNGP(nn.Module):
     def render_image(self, rays_o, rays_d, height: int, width: int, background=None,
                      near: float = 0.0, far: float = 1e10, chunk: int = 8192) -> torch.Tensor:
         """[H, W, 3] image of H·W rays (row-major), rendered in chunks."""
-        bg = torch.ones(3) if background is None else background
+        bg = torch.ones(3, device=rays_o.device) if background is None else background
         out = [self.render_rays(rays_o[i:i + chunk], rays_d[i:i + chunk], bg, near, far)[0]
                for i in range(0, rays_o.shape[0], chunk)]
         return torch.cat(out).reshape(height, width, 3)
@@ -151,12 +151,16 @@ def train_ngp(model: InstantNGP, scene, *, seconds: Optional[float] = 300.0,
     """Adam (Instant-NGP's betas and eps) on random training rays, white background, occupancy
     grid updated every 16 steps (all cells for the first 256), until ``seconds`` or ``steps``.
     progress(step, seconds, loss, psnr of the batch, samples per ray) every ``every`` steps."""
+    if seconds is None and steps is None:
+        raise ValueError("train_ngp: give seconds or steps")
     g = torch.Generator().manual_seed(seed)
     rays = [scene.rays(v) for v in scene.train]
     all_o = torch.cat([o for o, _ in rays])
     all_d = torch.cat([d for _, d in rays])
     colours = scene.images[scene.train].reshape(-1, 3)
-    bg = torch.ones(3)
+    dev = model.aabb.device
+    all_o, all_d, colours = all_o.to(dev), all_d.to(dev), colours.to(dev)
+    bg = torch.ones(3, device=dev)
     nets = list(model.density_net.parameters()) + list(model.color_net.parameters())
     opt = torch.optim.Adam([{"params": model.encoding.parameters()},
                             {"params": nets, "weight_decay": 1e-6}], lr=lr, betas=(0.9, 0.99),
@@ -169,7 +173,7 @@ def train_ngp(model: InstantNGP, scene, *, seconds: Optional[float] = 300.0,
         if (steps is not None and step >= steps) or (steps is None and elapsed >= seconds):
             break
         model.update_grid(step)
-        idx = torch.randint(all_o.shape[0], (batch_rays,), generator=g)
+        idx = torch.randint(all_o.shape[0], (batch_rays,), generator=g).to(dev)
         color, spr = model.render_rays(all_o[idx], all_d[idx], bg, scene.near, scene.far,
                                        stratified=True)
         loss = torch.nn.functional.mse_loss(color, colours[idx])

@@ -116,10 +116,19 @@ class OccupancyGrid(nn.Module):
     @torch.no_grad()
     def mark_invisible_cells(self, K: torch.Tensor, c2w: torch.Tensor, width: int, height: int,
                              near_plane: float = 0.0, chunk: int = 32 ** 3) -> None:
-        """Set occs = -1 (never occupied, never updated) for cells whose centre no camera sees.
+        """Set occs = -1 (never occupied, never updated) for cells whose centre no camera sees
+        (cells already marked stay marked; nerfacc tests the grid vertices instead of centres).
         K: [3, 3] or [C, 3, 3] intrinsics; c2w: [C, 3, 4] or [C, 4, 4] camera-to-world (OpenCV
         axes); width, height: image size in pixels."""
         c2w = c2w.to(self.aabbs)
+        if c2w.ndim == 2:
+            c2w = c2w[None]
+        if c2w.ndim != 3 or c2w.shape[1] not in (3, 4) or c2w.shape[2] != 4:
+            raise ValueError(f"OccupancyGrid.mark_invisible_cells: c2w must be [C, 3, 4] or "
+                             f"[C, 4, 4], got {list(c2w.shape)}")
+        if K.shape[-2:] != (3, 3):
+            raise ValueError(f"OccupancyGrid.mark_invisible_cells: K must be [3, 3] or "
+                             f"[C, 3, 3], got {list(K.shape)}")
         K = K.to(self.aabbs).expand(c2w.shape[0], 3, 3)
         rot, pos = c2w[:, :3, :3], c2w[:, :3, 3]
         all_cells = torch.arange(self.cells_per_lvl, device=self.aabbs.device)
@@ -170,7 +179,8 @@ class OccupancyGrid(nn.Module):
             t0 = t0 + torch.rand_like(t0) * render_step_size
         ray_indices, t_starts, t_ends = march(rays_o, rays_d, t0, t1, self.binaries, self.aabbs,
                                               render_step_size, cone_angle)
-        if (sigma_fn is None and alpha_fn is None) or t_starts.numel() == 0:
+        if (sigma_fn is None and alpha_fn is None) or t_starts.numel() == 0 \
+                or (early_stop_eps <= 0 and alpha_thre <= 0):  # nothing to prune by
             return ray_indices, t_starts, t_ends
         if sigma_fn is not None and alpha_fn is not None:
             raise ValueError("OccupancyGrid.sampling: pass sigma_fn or alpha_fn, not both")

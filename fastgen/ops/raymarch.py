@@ -80,8 +80,9 @@ def ray_aabb_intersect(rays_o: torch.Tensor, rays_d: torch.Tensor, aabbs: torch.
 def march(rays_o: torch.Tensor, rays_d: torch.Tensor, t_min: torch.Tensor, t_max: torch.Tensor,
           bits: torch.Tensor, boxes: torch.Tensor, render_step_size: float,
           cone_angle: float = 0.0, *, backend: Optional[str] = None):
-    """March rays over [t_min, t_max) through an occupancy grid (the rule in the module
-    docstring). bits: [L, res, res, res] bool/uint8; boxes: [L, 6] level boxes (finest first).
+    """March rays over [t_min, t_max) — clipped to the outermost level's box — through an
+    occupancy grid (the rule in the module docstring). bits: [L, res, res, res] bool/uint8;
+    boxes: [L, 6] level boxes (finest first, each inside the next).
 
     Returns:
         packed (ray_indices int64 [n], t_starts [n], t_ends [n]), sorted by ray.
@@ -97,10 +98,12 @@ def march(rays_o: torch.Tensor, rays_d: torch.Tensor, t_min: torch.Tensor, t_max
                          f"{render_step_size!r}")
     if not isinstance(cone_angle, numbers.Real) or not 0 <= cone_angle < math.inf:
         raise ValueError(f"{name}: cone_angle must be a finite number >= 0, got {cone_angle!r}")
-    if bits.ndim != 4 or boxes.shape != (bits.shape[0], 6):
-        raise ValueError(f"{name}: bits must be [L, res, res, res] and boxes [L, 6]")
+    if bits.ndim != 4 or len(set(bits.shape[1:])) != 1 or boxes.shape != (bits.shape[0], 6):
+        raise ValueError(f"{name}: bits must be [L, res, res, res] and boxes [L, 6], got "
+                         f"{list(bits.shape)} and {list(boxes.shape)}")
+    dev = rays_o.device
     args = (rays_o, rays_d, t_min.to(rays_o).contiguous(), t_max.to(rays_o).contiguous(),
-            bits.to(torch.uint8).contiguous(), boxes.to(torch.float32).contiguous(),
+            bits.to(dev, torch.uint8).contiguous(), boxes.to(dev, torch.float32).contiguous(),
             float(render_step_size), float(cone_angle))
     return _OP_MARCH.select(rays_o.device.type, args, backend).fn(*args)
 

@@ -223,16 +223,21 @@ def _prepare(fn, sigmas, rgbs, ts, te, ray_indices, n_rays, packed_info):
             if not isinstance(packed_info, torch.Tensor) or packed_info.ndim != 2 \
                     or packed_info.shape[1] != 2 or packed_info.is_floating_point():
                 raise TypeError(f"{fn}: packed_info must be an int tensor [n_rays, 2]")
-            starts, counts = packed_info[:, 0].long(), packed_info[:, 1].long()
-            if starts.numel() and not torch.compiler.is_compiling() and bool(
-                    ((starts < 0) | (counts < 0) | (starts + counts > shape[0])).any()):
-                raise ValueError(f"{fn}: packed_info ranges must lie in [0, {shape[0]})")
+            info = packed_info.to(sigmas.device)
+            starts, counts = info[:, 0].long(), info[:, 1].long()
+            # the kernels give each sample to exactly one ray: the ranges must tile [0, n)
+            if not torch.compiler.is_compiling() and (
+                    int(counts.sum()) != shape[0] or bool((counts < 0).any())
+                    or not torch.equal(starts, counts.cumsum(0) - counts)):
+                raise ValueError(f"{fn}: packed_info ranges (start, count) must tile [0, "
+                                 f"{shape[0]}) in order: each ray starting where the previous "
+                                 "ends, counts >= 0, summing to n_samples")
         elif ray_indices is not None:
             if ray_indices.shape != shape:
                 raise ValueError(f"{fn}: ray_indices must be like sigmas [{shape[0]}]")
             if n_rays is None:
                 raise ValueError(f"{fn}: packed samples with ray_indices need n_rays")
-            info = pack_info(ray_indices, n_rays)
+            info = pack_info(ray_indices.to(sigmas.device), n_rays)
             starts, counts = info[:, 0], info[:, 1]
         else:
             raise ValueError(f"{fn}: packed [n] samples need ray_indices (+ n_rays) or "

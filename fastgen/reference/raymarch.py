@@ -31,17 +31,32 @@ def ray_aabb_intersect(rays_o: torch.Tensor, rays_d: torch.Tensor, aabbs: torch.
     return tn, tf, tf > tn
 
 
-def _march_py(o, d, t0, t1, bits, boxes, step, cone, out):
+def _slab(o, d, b):
+    tn, tf = -math.inf, math.inf
+    for ax in range(3):
+        if d[ax] == 0:
+            if o[ax] < b[ax] or o[ax] > b[3 + ax]:
+                return math.inf, -math.inf
+            continue
+        a1, a2 = (b[ax] - o[ax]) / d[ax], (b[3 + ax] - o[ax]) / d[ax]
+        tn, tf = max(tn, min(a1, a2)), min(tf, max(a1, a2))
+    return tn, tf
+
+
+def _march_py(o, d, t0, t1, bits, boxes, step, cone, out, slab):
     levels, res = bits.shape[0], bits.shape[1]
     n = 0
     for r in range(o.shape[0]):
-        t = t0[r]
-        guard = 0
-        while t < t1[r] and guard < (1 << 24):
-            guard += 1
+        tn, tf = slab(o[r], d[r], boxes[levels - 1].astype(o.dtype))
+        if not tf > tn:
+            continue
+        t, end_t = max(t0[r], o.dtype.type(tn)), min(t1[r], o.dtype.type(tf))
+        while t < end_t:
             dt = max(t * cone, step)
+            if not t + dt > t:
+                break
             mid = t + dt * 0.5
-            if not mid < t1[r]:
+            if not mid < end_t:
                 break
             x = o[r] + d[r] * mid
             level = -1
@@ -65,7 +80,7 @@ def _march_py(o, d, t0, t1, bits, boxes, step, cone, out):
                 if out is not None:
                     out[n, 0] = r
                     out[n, 1] = t
-                    out[n, 2] = min(t + dt, t1[r])
+                    out[n, 2] = min(t + dt, end_t)
                 n += 1
                 t = t + dt
             else:
@@ -75,6 +90,10 @@ def _march_py(o, d, t0, t1, bits, boxes, step, cone, out):
                         ex = min(ex, (lo[ax] + size[ax] - o[r, ax]) / d[r, ax])
                     elif d[r, ax] < 0:
                         ex = min(ex, (lo[ax] - o[r, ax]) / d[r, ax])
+                if level > 0:  # stop at the finer level's box entry
+                    tn2, tf2 = slab(o[r], d[r], boxes[level - 1].astype(o.dtype))
+                    if tf2 > tn2 and t < tn2 < ex:
+                        ex = tn2
                 t = ex if ex > t else t + dt
     return n
 
@@ -88,9 +107,11 @@ def _jit():
         try:
             import numba
 
-            _compiled = numba.njit(cache=False)(_march_py)
+            slab = numba.njit(cache=False)(_slab)
+            fn = numba.njit(cache=False)(_march_py)
+            _compiled = lambda *a: fn(*a, slab)  # noqa: E731
         except ImportError:  # numba is a dependency; plain Python still gives the same samples
-            _compiled = _march_py
+            _compiled = lambda *a: _march_py(*a, _slab)  # noqa: E731
     return _compiled
 
 

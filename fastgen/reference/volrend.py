@@ -23,12 +23,16 @@ __all__ = ["segment_exclusive_sum", "volrend"]
 
 def segment_exclusive_sum(x: torch.Tensor, starts: torch.Tensor, counts: torch.Tensor
                           ) -> torch.Tensor:
-    """Per-ray exclusive prefix sum of x [n] (rays as starts/counts, contiguous and in order)."""
+    """Per-ray exclusive prefix sum of x [n] (rays as starts/counts, contiguous and in order).
+    One float64 (int64 for integers) scan over all samples minus each ray's base: a large total
+    in one ray cannot wipe out the small values of the next."""
+    if x.numel() == 0:
+        return x.clone()
+    wide = x.double() if x.is_floating_point() else x.long()
     ray = torch.repeat_interleave(torch.arange(starts.numel(), device=x.device), counts)
-    incl = x.cumsum(0)
-    excl = incl - x
-    base = excl[starts.clamp(max=max(x.numel() - 1, 0))] if x.numel() else excl.new_zeros(0)
-    return excl - base[ray] if x.numel() else excl
+    excl = wide.cumsum(0) - wide
+    base = excl[starts.clamp(max=x.numel() - 1)]
+    return (excl - base[ray]).to(x.dtype)
 
 
 def volrend(sigmas, rgbs, t_starts, t_ends, starts, counts, eps: float = 0.0):

@@ -216,3 +216,33 @@ def test_cuda_marcher_matches_cpu(gen):
     gpu = march(o.cuda(), d.cuda(), t0.cuda(), t1.cuda(), bits.cuda(), boxes.cuda(), 0.01, 0.01)
     assert torch.equal(cpu[0], gpu[0].cpu())
     torch.testing.assert_close(cpu[1], gpu[1].cpu(), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_march_clips_to_the_grid_and_never_stalls(backend):
+    bits = torch.ones(1, 4, 4, 4, dtype=torch.bool)
+    boxes = torch.tensor([[0.0, 0, 0, 1, 1, 1]])
+    o, d = torch.tensor([[-1.0, 0.5, 0.5]]), torch.tensor([[1.0, 0.0, 0.0]])
+    ray, ts, te = march(o, d, torch.zeros(1), torch.full((1,), 3.0), bits, boxes, 0.1,
+                        backend=backend)
+    assert ts.numel() == 10 and float(ts[0]) == pytest.approx(1.0)  # starts at the box entry
+    if backend == "reference":
+        return  # the numba loop carries t in float64, where this step does not vanish
+    # t ≈ 1e4 with a 1e-4 step: t + dt == t in float32; the march stops instead of stalling
+    far_o = torch.tensor([[-1e4 + 0.5, 0.5, 0.5]])
+    ray, ts, te = march(far_o, d, torch.zeros(1), torch.full((1,), 2e4), bits, boxes, 1e-4,
+                        backend=backend)
+    assert ts.numel() < 10
+
+
+def test_coarse_cells_do_not_skip_the_finer_level():
+    # res 6: a coarse (level 1) cell straddles level 0's box; an occupied fine cell right behind
+    # the coarse cell's start must still be sampled
+    grid = OccupancyGrid([0, 0, 0, 1, 1, 1], resolution=6, levels=2)
+    grid.binaries[0, 0, 2, 2] = True  # x in [0, 1/6) at the box's near face
+    o, d = torch.tensor([[-0.4, 0.45, 0.45]]), torch.tensor([[1.0, 0.0, 0.0]])
+    for backend in BACKENDS:
+        ray, ts, te = march(o, d, torch.zeros(1), torch.full((1,), 5.0), grid.binaries,
+                            grid.aabbs, 0.01, backend=backend)
+        mid = o[0, 0] + (ts + te) / 2
+        assert ts.numel() > 0 and ((mid >= 0) & (mid < 1 / 6)).all(), backend

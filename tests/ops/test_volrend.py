@@ -215,3 +215,23 @@ def test_cuda_matches_cpu(gen):
     g_gpu = torch.autograd.grad(gpu[0].sum() + gpu[2].sum(), dev[:2])
     for a, b in zip(g_cpu, g_gpu):
         torch.testing.assert_close(a, b.cpu(), rtol=1e-5, atol=1e-6)
+
+
+def test_packed_info_must_tile_the_samples():
+    sig, ts = torch.rand(6), torch.arange(6.0)
+    with pytest.raises(ValueError, match="must tile"):  # a gap: samples 2-3 belong to no ray
+        volume_render(sig, torch.rand(6, 3), ts, ts + 1, packed_info=torch.tensor([[0, 2],
+                                                                                  [4, 2]]))
+    with pytest.raises(ValueError, match="must tile"):  # overlapping rays
+        volume_render(sig, torch.rand(6, 3), ts, ts + 1, packed_info=torch.tensor([[0, 4],
+                                                                                  [2, 4]]))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_a_dense_ray_does_not_spoil_the_next_one(dtype):
+    # one scan over all samples would lose ray 1's small sums next to ray 0's huge one
+    sig = torch.tensor([3000.0, 0.5, 0.5, 0.5, 0.5], dtype=dtype)
+    ts = torch.tensor([0.0, 0.0, 1.0, 2.0, 3.0], dtype=dtype)
+    _, opacity, _, _, _ = volume_render(sig, sig.new_zeros(5, 0), ts, ts + 1,
+                                        packed_info=torch.tensor([[0, 1], [1, 4]]))
+    assert abs(float(opacity[1]) - (1 - math.exp(-2.0))) < 0.01
