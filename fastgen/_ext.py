@@ -94,6 +94,21 @@ def has_op(name: str) -> bool:
     return available() and hasattr(torch.ops.fastgen, name)
 
 
+def native_available(op: str, device_type: str) -> "str | None":
+    """Why the compiled ``fastgen::<op>`` cannot run on ``device_type`` here, or None when it
+    can (a registry ``available`` check for ops with C++ / CUDA kernels)."""
+    import torch
+
+    if not has_op(op):
+        return unavailable_reason() or f"fastgen._C has no {op} (rebuild the extension)"
+    key = "CUDA" if device_type == "cuda" else "CPU"
+    if not torch._C._dispatch_has_kernel_for_dispatch_key(f"fastgen::{op}", key):
+        return f"fastgen._C was built without {device_type} kernels for {op}"
+    if device_type == "cuda" and not torch.cuda.is_available():
+        return "no CUDA device"
+    return None
+
+
 def registered_ops() -> list[str]:
     """Every op of the ``fastgen`` namespace known to the dispatcher, C++ and Python alike."""
     import torch

@@ -59,28 +59,8 @@ def _bench(args) -> int:
     return 0
 
 
-def _demo_image(args) -> int:
-    from .demos import image
-
-    return image.run(args)
 
 
-def _demo_diffusion(args) -> int:
-    from .demos import diffusion
-
-    return diffusion.run(args)
-
-
-def _demo_gpt(args) -> int:
-    from .demos import gpt
-
-    return gpt.run(args)
-
-
-def _demo_nerf(args) -> int:
-    from .demos import nerf
-
-    return nerf.run(args)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -114,16 +94,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     demos = p.add_subparsers(dest="demo", required=True)
     d = demos.add_parser("image", help=DEMOS["image"])
     image.add_arguments(d)
-    d.set_defaults(func=_demo_image)
+    d.set_defaults(func=image.run)
     d = demos.add_parser("diffusion", help=DEMOS["diffusion"])
     diffusion.add_arguments(d)
-    d.set_defaults(func=_demo_diffusion)
+    d.set_defaults(func=diffusion.run)
     d = demos.add_parser("gpt", help=DEMOS["gpt"])
     gpt.add_arguments(d)
-    d.set_defaults(func=_demo_gpt)
+    d.set_defaults(func=gpt.run)
     d = demos.add_parser("nerf", help=DEMOS["nerf"])
     nerf.add_arguments(d)
-    d.set_defaults(func=_demo_nerf)
+    d.set_defaults(func=nerf.run)
 
     args = parser.parse_args(argv)
     if getattr(args, "repeats", 1) < 1 or getattr(args, "warmup", 1) < 0:

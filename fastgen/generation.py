@@ -34,7 +34,7 @@ import torch
 
 from .nn.kv_cache import KVCache
 from .ops.attention import flash_attention
-from .ops.linear import MAX_ROWS, decode_linear
+from .ops.linear import decode_linear, suits_kernel
 from .ops.sampling import sample
 
 __all__ = ["generate", "SUPPORTED_MODEL_TYPES"]
@@ -74,11 +74,11 @@ def generate(model, input_ids: torch.Tensor, attention_mask: Optional[torch.Tens
     applied, and a warning names them when the model's config turns them on.
     """
     runner = _LlamaRunner(model)
-    _warn_unapplied(getattr(model, "generation_config", None))
+    gen_cfg = getattr(model, "generation_config", None)
+    _warn_unapplied(gen_cfg)
     ids, mask = _check_inputs(input_ids, attention_mask, runner.device)
     if not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 1:
         raise ValueError(f"generate: max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
-    gen_cfg = getattr(model, "generation_config", None)
     eos = eos_token_id if eos_token_id is not None else getattr(gen_cfg, "eos_token_id", None)
     eos_ids = [] if eos is None else ([int(eos)] if isinstance(eos, numbers.Integral)
                                       else [int(e) for e in eos])
@@ -202,7 +202,8 @@ class _LlamaRunner:
                                       "down_proj, act_fn)")
 
     def _lin(self, module, x):
-        if self.fast_linear and x.numel() // x.shape[-1] <= MAX_ROWS:
+        if self.fast_linear and suits_kernel(x.numel() // x.shape[-1], x.shape[-1],
+                                             x.element_size()):
             return decode_linear(x, module.weight, module.bias)
         return module(x)
 
@@ -210,7 +211,7 @@ class _LlamaRunner:
         return self._lin(mlp.down_proj, mlp.act_fn(self._lin(mlp.gate_proj, x))
                          * self._lin(mlp.up_proj, x))
 
-    def _qkv(self, attn, h, positions):
+    def _qkv(self, attn, h):
         """h [N, T, hidden] -> q [N, Hq, T, D], k, v [N, Hkv, T, D] with rotary applied."""
         n, t, _ = h.shape
         q = self._lin(attn.q_proj, h).view(n, t, self.n_heads, self.head_dim).transpose(1, 2)
@@ -243,7 +244,7 @@ class _LlamaRunner:
         longest = int(lengths.max())
 
         def attend(i, attn, x):
-            q, k, v = self._qkv(attn, x, pos)
+            q, k, v = self._qkv(attn, x)
             q, k, v = (t[0].transpose(0, 1) for t in (q, k, v))  # [total, H, D]
             cache.write(i, rows, pos, k, v)
             out = flash_attention(q, k, v, causal=True, window=self.windows[i], scale=self.scale,
@@ -263,7 +264,7 @@ class _LlamaRunner:
         self._set_rotary(h, cache.seqlens.long()[:, None])
 
         def attend(i, attn, x):
-            q, k, v = self._qkv(attn, x, None)
+            q, k, v = self._qkv(attn, x)
             cache.append(i, k, v)
             out = cache.attend(i, q, scale=self.scale, window=self.windows[i], validate=False)
             return out.transpose(1, 2).reshape(x.shape[0], 1, -1)

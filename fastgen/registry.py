@@ -19,13 +19,14 @@ op uses on each device, and the first automatic fall back warns once.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 __all__ = ["Backend", "Op", "BackendError", "register", "get", "ops", "describe", "BACKEND_NAMES",
-           "ENV_VAR", "triton_available"]
+           "ENV_VAR", "triton_available", "use_backend"]
 
 ENV_VAR = "FASTGEN_BACKEND"
 BACKEND_NAMES = ("cuda", "triton", "cpu", "reference")
@@ -213,3 +214,23 @@ def describe(device_types: Sequence[str] = ("cpu", "cuda")) -> list[dict]:
             chosen = next((n for n, r in reasons.items() if r is None), None)
             rows.append({"op": op.name, "device": dev, "backend": chosen, "reasons": reasons})
     return rows
+
+
+@contextlib.contextmanager
+def use_backend(backend: str, *op_names: str):
+    """Within the block, the named ops (every op when none is named) run ``backend``: the rule
+    is put ahead of whatever ``FASTGEN_BACKEND`` already says (the variable is read at call
+    time), and the variable is restored afterwards.
+
+    Example: ``with use_backend("reference", "hashgrid", "volrend"): ...``
+    """
+    rule = ",".join(f"{op}={backend}" for op in op_names) if op_names else backend
+    old = os.environ.get(ENV_VAR)
+    os.environ[ENV_VAR] = rule + (f",{old}" if old else "")
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(ENV_VAR, None)
+        else:
+            os.environ[ENV_VAR] = old

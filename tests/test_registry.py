@@ -1,5 +1,6 @@
 """The backend registry: precedence, environment variable, errors that list every backend."""
 
+import os
 import warnings
 
 import pytest
@@ -98,3 +99,16 @@ def test_fallback_warns_once_per_op_and_device(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         op.select("cpu")
+
+
+def test_use_backend_routes_the_named_ops_and_restores_the_variable(monkeypatch):
+    import fastgen  # noqa: F401  (registers the ops)
+    from fastgen.registry import ENV_VAR, get, use_backend
+
+    monkeypatch.setenv(ENV_VAR, "bias_act=reference")
+    with use_backend("reference", "sample", "march"):
+        assert get("sample").select("cpu").name == "reference"
+        assert get("march").select("cpu").name == "reference"
+        assert get("bias_act").select("cpu").name == "reference"  # the old rule still holds
+    assert os.environ[ENV_VAR] == "bias_act=reference"
+    assert get("sample").select("cpu").name != "reference"

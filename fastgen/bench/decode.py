@@ -7,6 +7,8 @@ and end-to-end generation with a random Llama built from a config (no download).
     sample            batch 8 × 32000-token vocabulary, temperature 0.8, top-k 50, top-p 0.9
                       fastgen.ops.sample  vs  the sort-based reference  vs  transformers'
                       logits warpers + torch.multinomial (what model.generate runs)
+    decode_linear     1 and 8 rows against the projection shapes of that Llama (CPU): fastgen's
+                      weight-streaming kernel vs F.linear (reference) on 200 MB of weights
     generate          a ~100M-parameter Llama, 32-token prompts, 32 or 128 new tokens, greedy
                       fastgen.generate  vs  the same loop on reference kernels  vs
                       model.generate (sdpa attention, its default cache); identical tokens are
@@ -17,18 +19,17 @@ Traffic floor for decode attention: the cached keys and values read once (q and 
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import os
 
 import torch
 import torch.nn.functional as F
 
 from ..ops.decode import decode_attention
+from ..ops.linear import decode_linear
 from ..ops.sampling import sample
 from ..reference import decode as ref_decode
 from ..reference import sampling as ref_sampling
-from ..registry import ENV_VAR
+from ..registry import use_backend
 from ..testing.check import available_backends
 from .core import Case
 
@@ -105,6 +106,24 @@ def _sample_case(device, b, v, tier) -> Case:
                 backend=backend, inner=4)
 
 
+def _linear_case(device, m, n, k, tier) -> Case:
+    """A decode step's projection: m rows against an [n, k] weight; 200 MB of distinct weights
+    per call so that they stream from memory, as in a real step (not from cache)."""
+    copies = max(1, 200_000_000 // (n * k * 4))
+
+    def setup():
+        g = torch.Generator(device=device).manual_seed(0)
+        return {"x": torch.randn(m, k, generator=g, device=device),
+                "w": [torch.randn(n, k, generator=g, device=device) for _ in range(copies)]}
+
+    return Case(op="decode_linear", name=f"M{m} weight [{n}, {k}] x{copies}", device=device,
+                dtype=torch.float32, setup=setup,
+                fastgen=lambda s: tuple(decode_linear(s["x"], w) for w in s["w"]),
+                reference=lambda s: tuple(F.linear(s["x"], w) for w in s["w"]),
+                bytes_moved=copies * n * k * 4, tier=tier,
+                backend=_backend("decode_linear", device))
+
+
 def llama_100m_config():
     """A Llama-architecture config of about 100M parameters (SmolLM-135M-like shapes, fewer
     layers): 12 layers, hidden 576, 9 q / 3 kv heads (head dim 64), MLP 1536, vocab 49152,
@@ -115,19 +134,6 @@ def llama_100m_config():
                           num_hidden_layers=12, num_attention_heads=9, num_key_value_heads=3,
                           max_position_embeddings=2048, tie_word_embeddings=True,
                           rope_theta=10000.0)
-
-
-@contextlib.contextmanager
-def _all_reference():
-    old = os.environ.get(ENV_VAR)
-    os.environ[ENV_VAR] = "reference"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(ENV_VAR, None)
-        else:
-            os.environ[ENV_VAR] = old
 
 
 def _generate_case(device, b, prompt, new, tier) -> Case:
@@ -153,7 +159,7 @@ def _generate_case(device, b, prompt, new, tier) -> Case:
         return (generate(s["model"], s["ids"], max_new_tokens=new),)
 
     def run_reference(s):
-        with _all_reference():
+        with use_backend("reference"):
             return run_fastgen(s)
 
     def run_hf(s):
@@ -170,6 +176,9 @@ def cases(device: str) -> list[Case]:
     out = [_decode_case(device, torch.float32, 8, 32, 8, 128, 4096, "quick"),
            _sample_case(device, 8, 32000, "quick"),
            _sample_case(device, 1, 128256, "full")]
+    if device == "cpu":
+        out += [_linear_case(device, m, n, k, "full") for m in (1, 8)
+                for n, k in ((49152, 576), (1536, 576), (576, 1536))]
     if device == "cuda":
         out.append(_decode_case(device, torch.bfloat16, 8, 32, 8, 128, 16384, "quick"))
     if importlib.util.find_spec("transformers") is not None:

@@ -18,17 +18,15 @@ writes once (prev_sample, and pred_original_sample / the history update).
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import inspect
-import os
 from typing import Callable, Optional
 
 import torch
 
 from ..ops.sampler import cfg_combine, sampler_step
 from ..reference import sampler as ref
-from ..registry import ENV_VAR
+from ..registry import use_backend
 from ..testing.check import available_backends
 from .core import Case
 
@@ -50,21 +48,6 @@ _SPECS = [
     ("FlowMatch Euler", "FlowMatchEulerDiscreteScheduler", dict(shift=3.0), "full"),
 ]
 _WARM_STEPS = 4  # steps taken before the timed one: multistep history is full, Heun at stage 1
-
-
-@contextlib.contextmanager
-def _op_backend(name: str):
-    """Route fastgen.ops.sampler_step to one backend for the duration (FASTGEN_BACKEND is read
-    at call time)."""
-    old = os.environ.get(ENV_VAR)
-    os.environ[ENV_VAR] = f"sampler_step={name}"
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ[ENV_VAR]
-        else:
-            os.environ[ENV_VAR] = old
 
 
 def _rewind(s, index: int, state: Optional[dict]) -> None:
@@ -124,7 +107,7 @@ def _capture_coeffs(step: Callable[[], object]) -> list:
 
     ref.sampler_step = record
     try:
-        with _op_backend("reference"):
+        with use_backend("reference", "sampler_step"):
             step()
     finally:
         ref.sampler_step = inner
@@ -177,7 +160,7 @@ def _scheduler_case(device, backend, label, cls_name, cfg, tier) -> Case:
         return (s["fs"].step(s["m"], s["t"], s["x"], **_gen_kw(s["fs"], _gen(s))).prev_sample,)
 
     def _reference(s):
-        with _op_backend("reference"):
+        with use_backend("reference", "sampler_step"):
             return _fast(s)
 
     def _diffusers(s):

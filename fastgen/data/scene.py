@@ -111,7 +111,8 @@ def make_scene(n_views: int = 40, size: int = 64, n_test: int = 6, radius: float
     pixels with ``n_steps`` uniform samples per ray over [near, far] (float32, white
     background)."""
     if n_views < 2 or not 0 < n_test < n_views or size < 4:
-        raise ValueError("make_scene: n_views >= 2, 0 < n_test < n_views and size >= 4 expected")
+        raise ValueError(f"make_scene: n_views >= 2, 0 < n_test < n_views and size >= 4 "
+                         f"expected, got n_views={n_views}, n_test={n_test}, size={size}")
     centre = torch.tensor([0.5, 0.5, 0.5], dtype=torch.float64)
     f = 0.5 * size / math.tan(math.radians(fov_deg) / 2)
     K = torch.tensor([[f, 0, size / 2], [0, f, size / 2], [0, 0, 1]], dtype=torch.float64)

@@ -46,21 +46,11 @@ def _save_png(path: str, arr: np.ndarray) -> None:
     Image.fromarray(arr).save(path)
 
 
-@contextlib.contextmanager
 def reference_backend(op: str = "sampler_step"):
-    """Within the block, ``op`` runs its PyTorch reference (``FASTGEN_BACKEND`` op=reference,
-    ahead of whatever the variable already says; it is read at call time)."""
-    from ..registry import ENV_VAR
+    """Within the block, ``op`` runs its PyTorch reference (registry.use_backend)."""
+    from ..registry import use_backend
 
-    old = os.environ.get(ENV_VAR)
-    os.environ[ENV_VAR] = f"{op}=reference" + (f",{old}" if old else "")
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(ENV_VAR, None)
-        else:
-            os.environ[ENV_VAR] = old
+    return use_backend("reference", op)
 
 
 def _step_backend(device: str) -> str:

@@ -41,9 +41,9 @@ def _png(path, arr):
 
 def run(args) -> int:
     from ..data.scene import camera_rays, look_at, make_scene
-    from ..demos.diffusion import reference_backend
     from ..models.image import psnr
     from ..models.ngp import InstantNGP, train_ngp
+    from ..registry import use_backend
 
     if args.size < 8 or args.views < 3 or not 0 < args.test_views < args.views:
         raise SystemExit("fastgen demo nerf: --size >= 8, --views >= 3, 0 < --test-views < "
@@ -91,8 +91,7 @@ def run(args) -> int:
     if args.reference_steps > 0:
         fast = train_ngp(InstantNGP(), scene, seconds=None, steps=args.reference_steps + 1,
                          batch_rays=args.batch_rays, seed=args.seed)
-        with reference_backend("hashgrid"), reference_backend("volrend"), \
-                reference_backend("march"):
+        with use_backend("reference", "hashgrid", "volrend", "march"):
             slow = train_ngp(InstantNGP(), scene, seconds=None, steps=args.reference_steps + 1,
                              batch_rays=args.batch_rays, seed=args.seed)
         print(f"per training step ({args.reference_steps + 1} steps from a fresh model): "

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ..nn.kv_cache import KVCache
 from ..ops.attention import flash_attention
-from ..ops.linear import MAX_ROWS, decode_linear
+from ..ops.linear import decode_linear, suits_kernel
 from ..ops.sampling import sample
 
 __all__ = ["GPTConfig", "GPT", "GPTTrainResult", "train_gpt"]
@@ -158,7 +158,9 @@ class GPT(nn.Module):
     def _check_tokens(self, tokens):
         if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 \
                 or tokens.dtype not in (torch.int64, torch.int32):
-            raise ValueError("GPT: tokens must be a [B, T] integer tensor")
+            got = (f"{tokens.dtype} {list(tokens.shape)}" if isinstance(tokens, torch.Tensor)
+                   else type(tokens).__name__)
+            raise ValueError(f"GPT: tokens must be a [B, T] integer tensor, got {got}")
         b, t = tokens.shape
         if not 1 <= t <= self.cfg.max_len:
             raise ValueError(f"GPT: sequence length must be in [1, {self.cfg.max_len}], got {t}")
@@ -177,7 +179,7 @@ class GPT(nn.Module):
                              f"max_len ({self.cfg.max_len}), got {max_new_tokens!r} after {t}")
         cfg = self.cfg
         dev = prompt.device
-        fast = dev.type == "cpu" and self.embed.weight.dtype == torch.float32 and b <= MAX_ROWS
+        fast = dev.type == "cpu" and self.embed.weight.dtype == torch.float32
         lin = _fast if fast else _plain
         cache = KVCache(cfg.n_layers, b, cfg.n_kv_heads, cfg.dim // cfg.n_heads,
                         t + max_new_tokens, dtype=self.embed.weight.dtype, device=dev)
@@ -211,7 +213,9 @@ class _Tied:
 
 
 def _fast(module, x):
-    return decode_linear(x, module.weight, module.bias)
+    if suits_kernel(x.numel() // x.shape[-1], x.shape[-1], x.element_size()):
+        return decode_linear(x, module.weight, module.bias)
+    return F.linear(x, module.weight, module.bias)
 
 
 def _plain(module, x):

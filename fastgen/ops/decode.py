@@ -18,6 +18,7 @@ is differentiable.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import Optional
@@ -146,9 +147,11 @@ def _check_index(fn, arg, t, device, ndim):
         raise ValueError(f"{fn}: {arg} must be {ndim}-D, got shape {list(t.shape)}")
     if t.device != device:
         raise ValueError(f"{fn}: {arg} is on {t.device} but q is on {device}")
-    if t.dtype == torch.int64 and t.numel() and not torch.compiler.is_compiling() and bool(
-            ((t < -2**31) | (t >= 2**31)).any()):
-        raise ValueError(f"{fn}: {arg} holds values outside the int32 range")
+    if t.dtype == torch.int64 and t.numel() and not torch.compiler.is_compiling():
+        out_of_range = (t < -2**31) | (t >= 2**31)
+        if bool(out_of_range.any()):
+            raise ValueError(f"{fn}: {arg} values must fit int32, got "
+                             f"{t[out_of_range][0].item()}")
     return t.to(torch.int32).contiguous()
 
 
@@ -220,17 +223,14 @@ def _check_triton(q, k, v, *rest) -> Optional[str]:
     return _no_grad(q, k, v)
 
 
-def _cpu_available(device_type: str) -> Optional[str]:
-    if _ext.has_op("decode_attention"):
-        return None
-    return _ext.unavailable_reason() or "fastgen._C has no decode_attention (rebuild)"
 
 
+_available = functools.partial(_ext.native_available, "decode_attention")
 _OP = registry.register("decode_attention", [
     registry.Backend("triton", _run_triton, devices=("cuda", "cpu"),
                      available=registry.triton_available, check=_check_triton,
                      explicit_only_on=("cpu",), summary="kernels/decode.py"),
-    registry.Backend("cpu", _run_cpu, devices=("cpu",), available=_cpu_available,
+    registry.Backend("cpu", _run_cpu, devices=("cpu",), available=_available,
                      check=_no_grad, summary="csrc/cpu/decode.cpp"),
     registry.Backend("reference", _run_reference, summary="fastgen/reference/decode.py"),
 ])

@@ -35,6 +35,7 @@ Behaviour outside the spec, chosen and documented:
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import NamedTuple, Optional
@@ -289,15 +290,6 @@ def _run_reference(x, params, cfg: _Config):
     return _ref.hashgrid_encode(x, params, **dict(cfg.kwargs))
 
 
-def _native_available(device_type: str) -> Optional[str]:
-    if not _ext.has_op("hashgrid_fwd"):
-        return _ext.unavailable_reason() or "fastgen._C has no hashgrid_fwd (rebuild it)"
-    key = "CUDA" if device_type == "cuda" else "CPU"
-    if not torch._C._dispatch_has_kernel_for_dispatch_key("fastgen::hashgrid_fwd", key):
-        return f"fastgen._C was built without {device_type} kernels for hashgrid"
-    if device_type == "cuda" and not torch.cuda.is_available():
-        return "no CUDA device"
-    return None
 
 
 def _check_cpu(x, params, cfg) -> Optional[str]:
@@ -306,10 +298,11 @@ def _check_cpu(x, params, cfg) -> Optional[str]:
     return None
 
 
+_available = functools.partial(_ext.native_available, "hashgrid_fwd")
 _OP = registry.register("hashgrid", [
-    registry.Backend("cuda", _run_native, devices=("cuda",), available=_native_available,
+    registry.Backend("cuda", _run_native, devices=("cuda",), available=_available,
                      summary="csrc/cuda/hashgrid.cu"),
-    registry.Backend("cpu", _run_native, devices=("cpu",), available=_native_available,
+    registry.Backend("cpu", _run_native, devices=("cpu",), available=_available,
                      check=_check_cpu, summary="csrc/cpu/hashgrid.cpp"),
     registry.Backend("reference", _run_reference, summary="fastgen/reference/hashgrid.py"),
 ])

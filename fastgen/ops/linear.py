@@ -3,10 +3,12 @@
 A decode step multiplies one token per sequence (M = batch rows) by every weight matrix of the
 model, so the step is bound by reading the weights. ATen's CPU GEMM reads them at about half the
 bandwidth when M is small; csrc/cpu/linear.cpp streams each weight row once against up to eight
-rows of x at a time (2-4.5x ``F.linear`` on this project's 2-core machine, BENCHMARKS.md).
+rows of x at a time: 2.2-2.7x ``F.linear`` for one row, 1.2-2.1x for eight rows of 576, on this
+project's 2-core machine (BENCHMARKS.md); eight rows of 1536 (x no longer in L1) ran at 0.87x,
+so by default calls whose rows of x exceed 32 KiB go to ``F.linear``.
 
     fastgen/ops/linear.py        this file: checks, backends
-    csrc/cpu/linear.cpp          backend ``cpu`` (float32 / float64, M <= 16)
+    csrc/cpu/linear.cpp          backend ``cpu`` (float32 / float64, M <= 16, M·K·4 <= 32 KiB)
     fastgen/reference/linear.py  ``torch.nn.functional.linear`` (every other call: GPUs, large M,
                                  half precision, gradients)
     tests/ops/test_linear.py
@@ -17,6 +19,7 @@ differ from ATen's by summation order (relative 1e-6 in float32).
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -24,9 +27,17 @@ import torch
 from .. import _ext, registry
 from ..reference import linear as _ref
 
-__all__ = ["decode_linear", "MAX_ROWS"]
+__all__ = ["decode_linear", "MAX_ROWS", "suits_kernel"]
 
 MAX_ROWS = 16  # beyond this the product is no longer bound by the weight read
+_X_BYTES = 32 * 1024  # the rows of x must stay in L1 beside the streamed weight
+
+
+def suits_kernel(rows: int, k: int, itemsize: int = 4) -> bool:
+    """Whether the CPU kernel beats ``F.linear`` for ``rows`` rows of length ``k``: at most
+    MAX_ROWS rows whose bytes fit L1 (measured: 8 rows of 1536 floats ran at 0.87x F.linear,
+    `fastgen bench --full --filter decode_linear`)."""
+    return rows <= MAX_ROWS and rows * k * itemsize <= _X_BYTES
 
 
 def decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
@@ -35,7 +46,8 @@ def decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
 
     Args:
         x: [..., K]; weight: [N, K]; bias: [N] or None; one dtype and device.
-        backend: "cpu" or "reference"; default: FASTGEN_BACKEND, else "cpu" where it can run
+        backend: "cpu" or "reference"; default: ``F.linear`` for calls :func:`suits_kernel`
+            rejects (it is faster there), else FASTGEN_BACKEND, else "cpu" where it can run
             (CPU, float32/float64, at most MAX_ROWS rows, no gradient), else the reference.
 
     Returns:
@@ -57,6 +69,8 @@ def decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
         raise ValueError(f"{name}: bias must be [N] = [{weight.shape[0]}], got "
                          f"{list(bias.shape)}")
     x2 = x.reshape(-1, x.shape[-1])
+    if backend is None and not suits_kernel(x2.shape[0], x2.shape[1], x2.element_size()):
+        return _ref.linear(x2, weight, bias).reshape(*x.shape[:-1], weight.shape[0])
     args = (x2, weight, bias)
     out = _OP.select(x.device.type, args, backend).fn(*args)
     return out.reshape(*x.shape[:-1], weight.shape[0])
@@ -84,14 +98,11 @@ def _check_cpu(x, w, b) -> Optional[str]:
     return None
 
 
-def _cpu_available(device_type: str) -> Optional[str]:
-    if _ext.has_op("decode_linear"):
-        return None
-    return _ext.unavailable_reason() or "fastgen._C has no decode_linear (rebuild)"
 
 
+_available = functools.partial(_ext.native_available, "decode_linear")
 _OP = registry.register("decode_linear", [
-    registry.Backend("cpu", _run_cpu, devices=("cpu",), available=_cpu_available,
+    registry.Backend("cpu", _run_cpu, devices=("cpu",), available=_available,
                      check=_check_cpu, summary="csrc/cpu/linear.cpp"),
     registry.Backend("reference", _ref.linear, summary="torch.nn.functional.linear"),
 ])

@@ -16,6 +16,7 @@ in one jump to where the ray leaves them (a DDA step), not by testing every step
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import Optional
@@ -65,7 +66,8 @@ def ray_aabb_intersect(rays_o: torch.Tensor, rays_d: torch.Tensor, aabbs: torch.
     name = "ray_aabb_intersect"
     _check_rays(name, rays_o, rays_d)
     if not isinstance(aabbs, torch.Tensor) or aabbs.ndim != 2 or aabbs.shape[1] != 6:
-        raise ValueError(f"{name}: aabbs must be [M, 6] (min xyz, max xyz)")
+        got = list(aabbs.shape) if isinstance(aabbs, torch.Tensor) else type(aabbs).__name__
+        raise ValueError(f"{name}: aabbs must be [M, 6] (min xyz, max xyz), got {got}")
     aabbs = aabbs.to(rays_o)
     if aabbs.numel() and bool((aabbs[:, :3] > aabbs[:, 3:]).any()):
         raise ValueError(f"{name}: every aabb needs min <= max on each axis")
@@ -91,7 +93,8 @@ def march(rays_o: torch.Tensor, rays_d: torch.Tensor, t_min: torch.Tensor, t_max
     _check_rays(name, rays_o, rays_d)
     for arg, t in (("t_min", t_min), ("t_max", t_max)):
         if not isinstance(t, torch.Tensor) or t.shape != rays_o.shape[:1]:
-            raise ValueError(f"{name}: {arg} must be [N] = [{rays_o.shape[0]}]")
+            got = list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"{name}: {arg} must be [N] = [{rays_o.shape[0]}], got {got}")
     if not isinstance(render_step_size, numbers.Real) or not render_step_size > 0 \
             or not math.isfinite(render_step_size):
         raise ValueError(f"{name}: render_step_size must be a finite number > 0, got "
@@ -124,13 +127,6 @@ if _ext.has_op("occgrid_march"):
     torch.library.register_fake("fastgen::occgrid_march")(_fake_march)
 
 
-def _native_available(device_type: str) -> Optional[str]:
-    if not _ext.has_op("occgrid_march"):
-        return _ext.unavailable_reason() or "fastgen._C has no occgrid_march (rebuild)"
-    key = "CUDA" if device_type == "cuda" else "CPU"
-    if not torch._C._dispatch_has_kernel_for_dispatch_key("fastgen::occgrid_march", key):
-        return f"fastgen._C was built without {device_type} kernels for ray marching"
-    return None
 
 
 def _run_box(o, d, b):  # the CPU or CUDA kernel, by dispatch
@@ -141,18 +137,19 @@ def _run_march(*args):
     return torch.ops.fastgen.occgrid_march(*args)
 
 
+_available = functools.partial(_ext.native_available, "occgrid_march")
 _OP_BOX = registry.register("ray_aabb_intersect", [
-    registry.Backend("cuda", _run_box, devices=("cuda",), available=_native_available,
+    registry.Backend("cuda", _run_box, devices=("cuda",), available=_available,
                      summary="csrc/cuda/raymarch.cu"),
-    registry.Backend("cpu", _run_box, devices=("cpu",), available=_native_available,
+    registry.Backend("cpu", _run_box, devices=("cpu",), available=_available,
                      summary="csrc/cpu/raymarch.cpp"),
     registry.Backend("reference", _ref.ray_aabb_intersect,
                      summary="fastgen/reference/raymarch.py"),
 ])
 _OP_MARCH = registry.register("march", [
-    registry.Backend("cuda", _run_march, devices=("cuda",), available=_native_available,
+    registry.Backend("cuda", _run_march, devices=("cuda",), available=_available,
                      summary="csrc/cuda/raymarch.cu (count, then fill; one sync for the size)"),
-    registry.Backend("cpu", _run_march, devices=("cpu",), available=_native_available,
+    registry.Backend("cpu", _run_march, devices=("cpu",), available=_available,
                      summary="csrc/cpu/raymarch.cpp"),
     registry.Backend("reference", _ref.march,
                      summary="fastgen/reference/raymarch.py (numba loop)"),

@@ -24,6 +24,7 @@ runs the reference, which is.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import os
@@ -249,17 +250,14 @@ def _no_grad(x, m, u, h1, h2, z, k, clip, want_x0) -> Optional[str]:
     return None
 
 
-def _cpu_available(device_type: str) -> Optional[str]:
-    if _ext.has_op("sampler_step"):
-        return None
-    return _ext.unavailable_reason() or "fastgen._C has no sampler_step (rebuild the extension)"
 
 
+_available = functools.partial(_ext.native_available, "sampler_step")
 _OP = registry.register("sampler_step", [
     registry.Backend("triton", _run_triton, devices=("cuda", "cpu"),
                      available=registry.triton_available, check=_no_grad,
                      explicit_only_on=("cpu",), summary="kernels/sampler.py"),
-    registry.Backend("cpu", _run_cpu, devices=("cpu",), available=_cpu_available,
+    registry.Backend("cpu", _run_cpu, devices=("cpu",), available=_available,
                      check=_no_grad, summary="csrc/cpu/sampler.cpp"),
     registry.Backend("reference", _run_reference, summary="fastgen/reference/sampler.py"),
 ])

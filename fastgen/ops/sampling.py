@@ -14,7 +14,7 @@ same uniforms they return the same tokens as the reference, not only the same di
                         FlashInfer's pivot idea), then one pass that draws.
 
 Files: fastgen/ops/sampling.py, fastgen/reference/sampling.py, kernels/sampling.py,
-tests/ops/test_sampling.py, fastgen/bench/sampling.py.
+tests/ops/test_sampling.py; benchmark cases in fastgen/bench/decode.py.
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ def sample(logits: torch.Tensor, *, temperature: Param = 1.0, top_k: Param = Non
             or 1: off.
         min_p: keep tokens with probability >= min_p · the largest, in [0, 1]; None or 0: off.
         generator: torch.Generator for the uniforms (one per row), on logits' device.
-        validate: check that logits hold no NaN or +inf and every row has a finite logit (one
-            host synchronisation; pass False inside a CUDA graph; skipped under torch.compile).
+        validate: check that logits hold no NaN or +inf and every row has a finite logit (host
+            synchronisations; pass False inside a CUDA graph; skipped under torch.compile).
         backend: "triton", "cpu" or "reference"; default: FASTGEN_BACKEND, else the best one.
 
     Returns:
@@ -154,19 +154,18 @@ def _sample_tokens(x: torch.Tensor, u: torch.Tensor, temp: torch.Tensor, k: torc
     t = torch.where(temp > 0, temp, 1).to(dtype)
     xf = x.to(dtype)
     xs = (xf - xf.amax(-1, keepdim=True)) / t[:, None]  # max 0: no overflow for tiny T
-    m = xs.amax(-1, keepdim=True)
     greedy = temp == 0
     row_filtered = ((k < v) | (p < 1) | (mp > 0)) & ~greedy
     tok = torch.zeros(b, dtype=torch.int64)
     if not bool(row_filtered.all()):  # unfiltered rows: the whole row, in index order
-        tok = _draw(torch.exp(xs - m), u, torch.arange(v).expand(b, v))
+        tok = _draw(torch.exp(xs), u, torch.arange(v).expand(b, v))
     if bool(row_filtered.any()):
         use_k, use_p = k < v, p < 1
-        total = torch.exp(xs - m).sum(-1, keepdim=True) if bool((~use_k & use_p).any()) else None
+        total = torch.exp(xs).sum(-1, keepdim=True) if bool((~use_k & use_p).any()) else None
         c = min(v, max(_FIRST_CANDIDATES, int(k.masked_fill(~use_k, 0).max()) + 1))
         while True:
             vals, idx = xs.topk(c, dim=-1, sorted=True)
-            w = torch.exp(vals - m)
+            w = torch.exp(vals)
             kth = vals.gather(-1, (k.clamp(max=c) - 1)[:, None])
             keep_k = (vals >= kth) | ~use_k[:, None]
             wk = w * keep_k

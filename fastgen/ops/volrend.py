@@ -18,6 +18,7 @@ t_ends receive no gradient (they come from the sampler).
 
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import Callable, Optional
 
@@ -289,13 +290,6 @@ def _backward(ctx, g_color, g_opacity, g_depth, g_w, g_trans):
     return g_sig, g_rgb, None, None, None, None, None
 
 
-def _native_available(device_type: str) -> Optional[str]:
-    if not _ext.has_op("volrend_fwd"):
-        return _ext.unavailable_reason() or "fastgen._C has no volrend_fwd (rebuild)"
-    key = "CUDA" if device_type == "cuda" else "CPU"
-    if not torch._C._dispatch_has_kernel_for_dispatch_key("fastgen::volrend_fwd", key):
-        return f"fastgen._C was built without {device_type} kernels for volrend"
-    return None
 
 
 def _check_native(sig, rgb, ts, te, starts, counts, eps) -> Optional[str]:
@@ -311,10 +305,11 @@ if _ext.has_op("volrend_fwd"):
     torch.library.register_fake("fastgen::volrend_bwd")(_fake_bwd)
     torch.library.register_autograd("fastgen::volrend_fwd", _backward, setup_context=_setup)
 
+_available = functools.partial(_ext.native_available, "volrend_fwd")
 _OP = registry.register("volrend", [
-    registry.Backend("cuda", _run_cpu, devices=("cuda",), available=_native_available,
+    registry.Backend("cuda", _run_cpu, devices=("cuda",), available=_available,
                      check=_check_native, summary="csrc/cuda/volrend.cu (one thread per ray)"),
-    registry.Backend("cpu", _run_cpu, devices=("cpu",), available=_native_available,
+    registry.Backend("cpu", _run_cpu, devices=("cpu",), available=_available,
                      check=_check_native, summary="csrc/cpu/volrend.cpp"),
     registry.Backend("reference", _run_reference, summary="fastgen/reference/volrend.py"),
 ])

@@ -8,8 +8,8 @@ import torch
 
 from fastgen.cli import main
 from fastgen.data.scene import camera_rays, look_at, make_scene, scene_field
-from fastgen.demos.diffusion import reference_backend
 from fastgen.models.ngp import InstantNGP, sh_encode, train_ngp
+from fastgen.registry import use_backend
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_fastgen_kernels_match_reference_kernels(scene):
     o, d = scene.rays(scene.train[0])
     bg = torch.ones(3)
     fast, spr = model.render_rays(o, d, bg, scene.near, scene.far)
-    with reference_backend("hashgrid"), reference_backend("volrend"), reference_backend("march"):
+    with use_backend("reference", "hashgrid", "volrend", "march"):
         slow, spr_ref = model.render_rays(o, d, bg, scene.near, scene.far)
     assert spr == spr_ref
     torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)

@@ -34,7 +34,12 @@ def test_float64_leading_dims_and_views(gen):
 
 
 def test_fallbacks_are_exact_linear(gen):
-    # more rows than MAX_ROWS, half precision, gradients: torch's linear runs
+    # more rows than MAX_ROWS, rows of x beyond L1, half precision, gradients: torch's linear runs
+    from fastgen.ops.linear import suits_kernel
+
+    assert suits_kernel(8, 576) and suits_kernel(1, 1536) and not suits_kernel(8, 1536)
+    xl, wl = torch.randn(8, 1536, generator=gen), torch.randn(3, 1536, generator=gen)
+    assert torch.equal(decode_linear(xl, wl), torch.nn.functional.linear(xl, wl))
     x = torch.randn(40, 8, generator=gen)
     w = torch.randn(5, 8, generator=gen)
     assert torch.equal(decode_linear(x, w), torch.nn.functional.linear(x, w))
