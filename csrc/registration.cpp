@@ -66,6 +66,12 @@ TORCH_LIBRARY(fastgen, m) {
   // Linear layer for a decode step (fastgen/ops/linear.py): out [M, N] = x [M, K] · weight
   // [N, K]ᵀ + bias [N], for few rows M (the weight read once at memory bandwidth).
   m.def("decode_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  // RMSNorm (fastgen/ops/transformer.py): y [R, N] = weight · (x / sqrt(mean(x²) + eps)) per row,
+  // the normalised row rounded to x's dtype before the weight multiplies it (as transformers).
+  m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
+  // Rotate-half rotary embedding of q [B, T, Hq, D] and k [B, T, Hk, D] by cos, sin [B, T, D]:
+  // x·cos + rotate_half(x)·sin, rotate_half(x) = (−x[D/2:], x[:D/2]). Returns (q', k').
+  m.def("rotary(Tensor q, Tensor k, Tensor cos, Tensor sin) -> (Tensor, Tensor)");
   // Ray-box slab test (fastgen/ops/raymarch.py): rays_o, rays_d [N, 3], aabbs [M, 6] (lo, hi)
   // -> (t_near [N, M], t_far [N, M], hit [N, M] bool: t_far > t_near).
   m.def("ray_aabb_intersect(Tensor rays_o, Tensor rays_d, Tensor aabbs) -> (Tensor, Tensor, Tensor)");

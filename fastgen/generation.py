@@ -11,6 +11,8 @@ rotary tables, lm_head); fastgen replaces what is slow in a token-at-a-time loop
 - decode keeps keys and values in a preallocated :class:`fastgen.nn.KVCache` (per-row lengths,
   written in place) and runs :func:`fastgen.ops.decode_attention` on it;
 - the next token comes from :func:`fastgen.ops.sample` (greedy when not sampling);
+- RMSNorms and the rotary embedding run :func:`fastgen.ops.rms_norm` and
+  :func:`fastgen.ops.apply_rotary` (one fused call each);
 - on CPU, a decode step's projections run :func:`fastgen.ops.decode_linear`, which reads each
   weight once at memory bandwidth (a step is bound by reading the weights).
 
@@ -34,7 +36,8 @@ import torch
 
 from .nn.kv_cache import KVCache
 from .ops.attention import flash_attention
-from .ops.linear import decode_linear, suits_kernel
+from . import registry
+from .ops.linear import suits_kernel
 from .ops.sampling import sample
 
 __all__ = ["generate", "SUPPORTED_MODEL_TYPES"]
@@ -193,18 +196,39 @@ class _LlamaRunner:
             self.windows.append((int(w) - 1, -1) if w else (-1, -1))
         param = next(model.parameters())
         self.dtype, self.device = param.dtype, param.device
-        # decode steps (few rows) stream each weight once through fastgen's CPU kernel
+        # decode steps (few rows) stream each weight once through fastgen's CPU kernel, called
+        # as the op itself (the public wrapper's checks cost ~10 us a call, 85 calls a step),
+        # unless the registry (FASTGEN_BACKEND, registry.use_backend) picks another backend
         self.fast_linear = (self.device.type == "cpu"
-                            and self.dtype in (torch.float32, torch.float64))
+                            and self.dtype in (torch.float32, torch.float64)
+                            and registry.get("decode_linear").select("cpu").name == "cpu")
+        # RMSNorm and rotary embedding: fastgen's fused ops (one call each instead of 7 and 10
+        # eager ops), backends resolved once per generate call as the registry picks them
+        self.norm_op = registry.get("rms_norm").select(self.device.type)
+        self.rope_op = registry.get("apply_rotary").select(self.device.type)
+        norms = [body.norm] + [n for layer in self.layers
+                               for n in (layer.input_layernorm, layer.post_attention_layernorm)]
+        self.fused_norm = all(isinstance(getattr(n, "weight", None), torch.Tensor)
+                              and isinstance(getattr(n, "variance_epsilon", None), float)
+                              and n.weight.dtype == self.dtype for n in norms)
         mlp = self.layers[0].mlp
         if not all(hasattr(mlp, a) for a in ("gate_proj", "up_proj", "down_proj", "act_fn")):
             raise NotImplementedError("generate: expected a gated MLP (gate_proj, up_proj, "
                                       "down_proj, act_fn)")
 
     def _lin(self, module, x):
-        if self.fast_linear and suits_kernel(x.numel() // x.shape[-1], x.shape[-1],
-                                             x.element_size()):
-            return decode_linear(x, module.weight, module.bias)
+        k = x.shape[-1]
+        rows = x.numel() // k
+        if self.fast_linear and suits_kernel(rows, k, x.element_size()):
+            out = torch.ops.fastgen.decode_linear(x.reshape(rows, k), module.weight, module.bias)
+            return out.view(*x.shape[:-1], out.shape[-1])
+        return module(x)
+
+    def _norm(self, module, x):
+        if self.fused_norm:
+            shape = x.shape
+            return self.norm_op.fn(x.reshape(-1, shape[-1]), module.weight,
+                                   module.variance_epsilon).view(shape)
         return module(x)
 
     def _mlp(self, mlp, x):
@@ -212,26 +236,24 @@ class _LlamaRunner:
                          * self._lin(mlp.up_proj, x))
 
     def _qkv(self, attn, h):
-        """h [N, T, hidden] -> q [N, Hq, T, D], k, v [N, Hkv, T, D] with rotary applied."""
+        """h [N, T, hidden] -> q [N, T, Hq, D], k, v [N, T, Hkv, D] with rotary applied."""
         n, t, _ = h.shape
-        q = self._lin(attn.q_proj, h).view(n, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self._lin(attn.k_proj, h).view(n, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self._lin(attn.v_proj, h).view(n, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        cos, sin = self._rotary
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
+        q = self._lin(attn.q_proj, h).view(n, t, self.n_heads, self.head_dim)
+        k = self._lin(attn.k_proj, h).view(n, t, self.n_kv_heads, self.head_dim)
+        v = self._lin(attn.v_proj, h).view(n, t, self.n_kv_heads, self.head_dim)
+        q, k = self.rope_op.fn(q, k, *self._rotary)
         return q, k, v
 
     def _layer(self, i, h, attend):
         layer = self.layers[i]
-        x = layer.input_layernorm(h)
+        x = self._norm(layer.input_layernorm, h)
         out = attend(i, layer.self_attn, x)
         h = h + self._lin(layer.self_attn.o_proj, out)
-        return h + self._mlp(layer.mlp, layer.post_attention_layernorm(h))
+        return h + self._mlp(layer.mlp, self._norm(layer.post_attention_layernorm, h))
 
     def _set_rotary(self, h, positions):
-        cos, sin = self.body.rotary_emb(h, positions)  # [N, T, D], the model's own tables
-        self._rotary = (cos[:, None], sin[:, None])
+        # [N, T, D], the model's own tables (any rope_type), made contiguous once per forward
+        self._rotary = tuple(t.contiguous() for t in self.body.rotary_emb(h, positions))
 
     def prefill(self, tokens: torch.Tensor, lengths: torch.Tensor, cache: KVCache):
         """tokens [total] packed real prompt tokens, lengths [B] -> last-token logits [B, V]."""
@@ -244,8 +266,7 @@ class _LlamaRunner:
         longest = int(lengths.max())
 
         def attend(i, attn, x):
-            q, k, v = self._qkv(attn, x)
-            q, k, v = (t[0].transpose(0, 1) for t in (q, k, v))  # [total, H, D]
+            q, k, v = (t[0] for t in self._qkv(attn, x))  # [total, H, D]
             cache.write(i, rows, pos, k, v)
             out = flash_attention(q, k, v, causal=True, window=self.windows[i], scale=self.scale,
                                   cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=longest,
@@ -256,25 +277,24 @@ class _LlamaRunner:
             h = self._layer(i, h, attend)
         cache.set_lengths(lengths.to(torch.int32))
         last = h[0, cu[1:].long() - 1]
-        return self._lin(self.lm_head, self.body.norm(last)).float()
+        return self._lin(self.lm_head, self._norm(self.body.norm, last)).float()
 
     def step(self, tok: torch.Tensor, cache: KVCache):
         """tok [B] -> next logits [B, V]; appends one token per row to the cache."""
         h = self.body.embed_tokens(tok[:, None])  # [B, 1, hidden]
-        self._set_rotary(h, cache.seqlens.long()[:, None])
+        pos = cache.seqlens.long()
+        self._set_rotary(h, pos[:, None])
+        rows = torch.arange(tok.shape[0], device=self.device)
 
         def attend(i, attn, x):
             q, k, v = self._qkv(attn, x)
-            cache.append(i, k, v)
-            out = cache.attend(i, q, scale=self.scale, window=self.windows[i], validate=False)
+            # the cache holds max prompt + max_new_tokens per row: no range checks needed
+            cache.write(i, rows, pos, k[:, 0], v[:, 0], validate=False)
+            out = cache.attend(i, q.transpose(1, 2), scale=self.scale, window=self.windows[i],
+                               validate=False)
             return out.transpose(1, 2).reshape(x.shape[0], 1, -1)
 
         for i in range(self.n_layers):
             h = self._layer(i, h, attend)
         cache.advance(1)
-        return self._lin(self.lm_head, self.body.norm(h[:, 0])).float()
-
-
-def _rotate_half(x):
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return self._lin(self.lm_head, self._norm(self.body.norm, h[:, 0])).float()

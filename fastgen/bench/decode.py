@@ -8,7 +8,10 @@ and end-to-end generation with a random Llama built from a config (no download).
                       fastgen.ops.sample  vs  the sort-based reference  vs  transformers'
                       logits warpers + torch.multinomial (what model.generate runs)
     decode_linear     1 and 8 rows against the projection shapes of that Llama (CPU): fastgen's
-                      weight-streaming kernel vs F.linear (reference) on 200 MB of weights
+                      weight-streaming kernel vs F.linear (reference) on 200 MB of weights, and
+                      a whole step's 85 projections in order (283 MB)
+    rms_norm+apply_rotary  a decode step's 25 RMSNorms and 12 rotary embeddings (batch 1, 8):
+                      the fused ops vs transformers' eager formulas
     generate          a ~100M-parameter Llama, 32-token prompts, 32 or 128 new tokens, greedy
                       fastgen.generate  vs  the same loop on reference kernels  vs
                       model.generate (sdpa attention, its default cache); identical tokens are
@@ -124,6 +127,52 @@ def _linear_case(device, m, n, k, tier) -> Case:
                 backend=_backend("decode_linear", device))
 
 
+def _linear_model_case(device, m, tier) -> Case:
+    """A whole decode step's projections, in order, for the ~100M Llama below: per layer q, k,
+    v, o, gate, up, down, then the lm_head (283 MB of weights, m rows each)."""
+    cfg = llama_100m_config()
+    h, f, kv = cfg.hidden_size, cfg.intermediate_size, cfg.num_key_value_heads * 64
+    shapes = [(h, h), (kv, h), (kv, h), (h, h), (f, h), (f, h), (h, f)] \
+        * cfg.num_hidden_layers + [(cfg.vocab_size, h)]
+
+    def setup():
+        g = torch.Generator(device=device).manual_seed(0)
+        return {"x": {k: torch.randn(m, k, generator=g, device=device) for k in (h, f)},
+                "w": [torch.randn(n, k, generator=g, device=device) for n, k in shapes]}
+
+    return Case(op="decode_linear", name=f"M{m} Llama ~100M step ({len(shapes)} weights)",
+                device=device, dtype=torch.float32, setup=setup,
+                fastgen=lambda s: tuple(decode_linear(s["x"][w.shape[1]], w) for w in s["w"]),
+                reference=lambda s: tuple(F.linear(s["x"][w.shape[1]], w) for w in s["w"]),
+                bytes_moved=sum(n * k * 4 for n, k in shapes), tier=tier,
+                backend=_backend("decode_linear", device))
+
+
+def _norm_rope_case(device, b, tier) -> Case:
+    """A decode step's RMSNorms (25 of [b, 576]) and rotary embeddings (12 of q [b, 1, 9, 64],
+    k [b, 1, 3, 64]) for the ~100M Llama: fastgen's fused ops vs the eager formulas of
+    transformers' LlamaRMSNorm and apply_rotary_pos_emb (the reference)."""
+    from ..ops.transformer import apply_rotary, rms_norm
+    from ..reference import transformer as ref
+
+    def setup():
+        g = torch.Generator(device=device).manual_seed(0)
+        r = lambda *shape: torch.randn(*shape, generator=g, device=device)  # noqa: E731
+        return {"x": r(b, 576), "w": [r(576) for _ in range(25)], "q": r(b, 1, 9, 64),
+                "k": r(b, 1, 3, 64), "cos": r(b, 1, 64), "sin": r(b, 1, 64)}
+
+    def run(s, norm, rope):
+        out = tuple(norm(s["x"], w, 1e-5) for w in s["w"])
+        return out + tuple(t for _ in range(12) for t in rope(s["q"], s["k"], s["cos"],
+                                                                s["sin"]))
+
+    return Case(op="rms_norm+apply_rotary", name=f"B{b} decode step: 25 norms, 12 rotary",
+                device=device, dtype=torch.float32, setup=setup,
+                fastgen=lambda s: run(s, rms_norm, apply_rotary),
+                reference=lambda s: run(s, ref.rms_norm, ref.rotary), tier=tier,
+                backend=_backend("rms_norm", device))
+
+
 def llama_100m_config():
     """A Llama-architecture config of about 100M parameters (SmolLM-135M-like shapes, fewer
     layers): 12 layers, hidden 576, 9 q / 3 kv heads (head dim 64), MLP 1536, vocab 49152,
@@ -179,6 +228,8 @@ def cases(device: str) -> list[Case]:
     if device == "cpu":
         out += [_linear_case(device, m, n, k, "full") for m in (1, 8)
                 for n, k in ((49152, 576), (1536, 576), (576, 1536))]
+        out += [_linear_model_case(device, m, "full") for m in (1, 8)]
+    out += [_norm_rope_case(device, b, "full") for b in (1, 8)]
     if device == "cuda":
         out.append(_decode_case(device, torch.bfloat16, 8, 32, 8, 128, 16384, "quick"))
     if importlib.util.find_spec("transformers") is not None:

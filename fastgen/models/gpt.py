@@ -8,7 +8,8 @@ Blocks: RMSNorm → attention (RoPE, grouped-query heads, :func:`fastgen.ops.fla
 causal) → residual → RMSNorm → SwiGLU MLP → residual; tied input/output embeddings. Generation
 prefills the prompt with flash attention, then decodes one token at a time from a
 :class:`fastgen.nn.KVCache` with :func:`fastgen.ops.decode_attention` and
-:func:`fastgen.ops.sample`; on CPU the decode step's projections run
+:func:`fastgen.ops.sample`, its RMSNorms and rotary embedding as :func:`fastgen.ops.rms_norm`
+and :func:`fastgen.ops.apply_rotary`; on CPU the decode step's projections run
 :func:`fastgen.ops.decode_linear`.
 """
 
@@ -27,6 +28,7 @@ from ..nn.kv_cache import KVCache
 from ..ops.attention import flash_attention
 from ..ops.linear import decode_linear, suits_kernel
 from ..ops.sampling import sample
+from ..ops.transformer import apply_rotary, rms_norm
 
 __all__ = ["GPTConfig", "GPT", "GPTTrainResult", "train_gpt"]
 
@@ -106,15 +108,22 @@ class _Block(nn.Module):
         return x + self._mlp(self.mlp_norm(x), lambda m, h: m(h)), k, v
 
     def step(self, x, cos, sin, cache: KVCache, layer: int, lin):
-        """Decode: x [B, 1, dim], cos/sin [B, hd] at each row's position."""
+        """Decode: x [B, 1, dim], cos/sin [B, hd] at each row's position (fused RMSNorm and
+        rotary ops: one call each)."""
         b = x.shape[0]
-        q, k, v = self._split(lin(self.qkv, self.attn_norm(x)), b, 1)
-        q = _rope(q.transpose(1, 2), cos[:, None, None], sin[:, None, None])
-        k = _rope(k.transpose(1, 2), cos[:, None, None], sin[:, None, None])
-        cache.append(layer, k, v.transpose(1, 2))
-        a = cache.attend(layer, q, validate=False)  # [B, H, 1, hd]
+        q, k, v = self._split(lin(self.qkv, _norm(self.attn_norm, x)), b, 1)
+        q, k = apply_rotary(q, k, cos[:, None], sin[:, None])  # [B, 1, H, hd]
+        cache.append(layer, k.transpose(1, 2), v.transpose(1, 2))
+        a = cache.attend(layer, q.transpose(1, 2), validate=False)  # [B, H, 1, hd]
         x = x + lin(self.proj, a.transpose(1, 2).reshape(b, 1, -1))
-        return x + self._mlp(self.mlp_norm(x), lin)
+        return x + self._mlp(_norm(self.mlp_norm, x), lin)
+
+
+def _norm(module: nn.RMSNorm, x):
+    """fastgen.ops.rms_norm with an nn.RMSNorm's weight and eps (None: the dtype's eps, as
+    torch's)."""
+    eps = module.eps if module.eps is not None else torch.finfo(x.dtype).eps
+    return rms_norm(x, module.weight, eps)
 
 
 class GPT(nn.Module):
@@ -201,7 +210,7 @@ class GPT(nn.Module):
             for i, blk in enumerate(self.blocks):
                 h = blk.step(h, self.cos[pos], self.sin[pos], cache, i, lin)
             cache.advance(1)
-            logits = lin(_Tied(self.embed.weight), self.norm(h[:, 0]))
+            logits = lin(_Tied(self.embed.weight), _norm(self.norm, h[:, 0]))
         return torch.cat(out, 1)
 
 

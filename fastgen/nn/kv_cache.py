@@ -75,14 +75,16 @@ class _Cache:
                     v.transpose(1, 2).reshape(-1, v.shape[1], v.shape[3]))
 
     def write(self, layer: int, rows: torch.Tensor, positions: torch.Tensor, k: torch.Tensor,
-              v: torch.Tensor) -> None:
+              v: torch.Tensor, *, validate: bool = True) -> None:
         """Write packed tokens: k [N, Hkv, D], v [N, Hkv, Dv] at (rows[i], positions[i]) — a
-        ragged prefill in one call. Lengths are set with :meth:`set_lengths`."""
+        ragged prefill, or a decode step's token per row, in one call. Lengths are set with
+        :meth:`set_lengths` (or :meth:`advance`). validate=False skips the range checks of rows
+        and positions (host synchronisations) for callers that sized the cache themselves."""
         self._check_layer(layer)
-        self._write(layer, rows.long(), positions.long(), k, v)
+        self._write(layer, rows.long(), positions.long(), k, v, validate)
 
-    def _write(self, layer, rows, pos, k, v):
-        if pos.numel() and not torch.compiler.is_compiling():
+    def _write(self, layer, rows, pos, k, v, validate=True):
+        if validate and pos.numel() and not torch.compiler.is_compiling():
             if int(pos.max()) >= self.capacity:
                 raise ValueError(f"{type(self).__name__}: writing position {int(pos.max())} but "
                                  f"the capacity is {self.capacity} tokens per row")

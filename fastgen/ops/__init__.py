@@ -9,9 +9,10 @@ from .hashgrid import hashgrid_encode, hashgrid_levels, hashgrid_n_params
 from .raymarch import march, ray_aabb_intersect
 from .sampler import StepCoeffs, cfg_combine, sampler_step
 from .sampling import sample
+from .transformer import apply_rotary, rms_norm
 from .volrend import rendering, volume_render
 
 __all__ = ["bias_act", "ACTIVATIONS", "scaled_dot_product_attention", "flash_attention",
            "hashgrid_encode", "hashgrid_levels", "hashgrid_n_params", "sampler_step", "cfg_combine",
-           "StepCoeffs", "sample", "decode_attention",
-           "decode_linear", "ray_aabb_intersect", "march", "volume_render", "rendering"]
+           "StepCoeffs", "sample", "decode_attention", "decode_linear", "rms_norm",
+           "apply_rotary", "ray_aabb_intersect", "march", "volume_render", "rendering"]

@@ -1,14 +1,17 @@
 """decode_linear: ``F.linear`` for the few rows of a decode step, at memory bandwidth on CPU.
 
 A decode step multiplies one token per sequence (M = batch rows) by every weight matrix of the
-model, so the step is bound by reading the weights. ATen's CPU GEMM reads them at about half the
-bandwidth when M is small; csrc/cpu/linear.cpp streams each weight row once against up to eight
-rows of x at a time: 2.2-2.7x ``F.linear`` for one row, 1.2-2.1x for eight rows of 576, on this
-project's 2-core machine (BENCHMARKS.md); eight rows of 1536 (x no longer in L1) ran at 0.87x,
-so by default calls whose rows of x exceed 32 KiB go to ``F.linear``.
+model, so the step is bound by reading the weights. csrc/cpu/linear.cpp streams each weight once:
+register tiles of 4 weight rows x up to 4 rows of x (2 x 8 for 5-16 rows), the next tile
+prefetched while this one's FMAs run. Measured (BENCHMARKS.md, `fastgen bench --full --filter
+decode_linear`): on a 2-core Xeon, where ATen reaches the memory bandwidth for one row,
+parity there (0.87-1.14x ``F.linear``) and 1.1-2.4x for eight rows (1.68x over a whole Llama
+step's 85 projections); the earlier one-row-at-a-time version ran 2.2-2.7x ``F.linear`` for one
+row on a 2-core AMD EPYC whose ATen GEMM read small-M weights at half the bandwidth. Calls
+whose rows of x exceed 48 KiB go to ``F.linear``.
 
     fastgen/ops/linear.py        this file: checks, backends
-    csrc/cpu/linear.cpp          backend ``cpu`` (float32 / float64, M <= 16, M·K·4 <= 32 KiB)
+    csrc/cpu/linear.cpp          backend ``cpu`` (float32 / float64, M <= 16, M·K·4 <= 48 KiB)
     fastgen/reference/linear.py  ``torch.nn.functional.linear`` (every other call: GPUs, large M,
                                  half precision, gradients)
     tests/ops/test_linear.py
@@ -30,13 +33,13 @@ from ..reference import linear as _ref
 __all__ = ["decode_linear", "MAX_ROWS", "suits_kernel"]
 
 MAX_ROWS = 16  # beyond this the product is no longer bound by the weight read
-_X_BYTES = 32 * 1024  # the rows of x must stay in L1 beside the streamed weight
+_X_BYTES = 48 * 1024  # the rows of x must stay in L1/L2 beside the streamed weight
 
 
 def suits_kernel(rows: int, k: int, itemsize: int = 4) -> bool:
-    """Whether the CPU kernel beats ``F.linear`` for ``rows`` rows of length ``k``: at most
-    MAX_ROWS rows whose bytes fit L1 (measured: 8 rows of 1536 floats ran at 0.87x F.linear,
-    `fastgen bench --full --filter decode_linear`)."""
+    """Whether the CPU kernel is the right tool for ``rows`` rows of length ``k``: at most
+    MAX_ROWS rows whose bytes stay in L1/L2 beside the weight stream (eight rows of 1536
+    floats, 48 KiB: 1.08-1.19x F.linear on the 2-core Xeon; 16 rows of 576: 1.10x)."""
     return rows <= MAX_ROWS and rows * k * itemsize <= _X_BYTES
 
 

@@ -81,13 +81,15 @@ def sample(logits: torch.Tensor, *, temperature: Param = 1.0, top_k: Param = Non
     p = _per_row(name, "top_p", top_p, 1.0, b, x.device, torch.float32, 0.0, 1.0, lo_open=True)
     mp = _per_row(name, "min_p", min_p, 0.0, b, x.device, torch.float32, 0.0, 1.0,
                   lo_open=False)
-    if validate and b and not torch.compiler.is_compiling():
+    # one pass over the logits: a row's max is NaN or +inf when the row holds either (max
+    # propagates NaN), -inf when every token is banned
+    if validate and b and not torch.compiler.is_compiling() \
+            and not bool(torch.isfinite(x.amax(-1)).all()):
         bad = torch.isnan(x) | (x == math.inf)
         if bool(bad.any()):
             row = int(bad.any(-1).nonzero()[0, 0])
             raise ValueError(f"{name}: logits hold NaN or +inf (first in row {row})")
-        if bool((x.amax(-1) == -math.inf).any()):
-            raise ValueError(f"{name}: a row of logits is all -inf (no token can be drawn)")
+        raise ValueError(f"{name}: a row of logits is all -inf (no token can be drawn)")
     k = k.clamp(max=v)
     u = torch.rand(b, device=x.device, generator=generator)
     args = (x.contiguous(), u, temp, k, p, mp)
@@ -115,14 +117,19 @@ def _per_row(fn, arg, value, default, b, device, dtype, lo, hi, lo_open):
         if not ok or isinstance(value, bool):
             kind = "an int" if integral else "a number"
             raise TypeError(f"{fn}: {arg} must be {kind} or a [B] tensor, got {value!r}")
-        t = torch.full((b,), value, dtype=dtype, device=device)
-        checked = torch.tensor([float(value)], dtype=torch.float64)
+        f = float(value)
+        if math.isnan(f) or (f <= lo if lo_open else f < lo) or f > hi:
+            _out_of_range(fn, arg, lo, hi, lo_open, f)
+        return torch.full((b,), value, dtype=dtype, device=device)
     bad = checked.isnan() | (checked <= lo if lo_open else checked < lo) | (checked > hi)
     if bool(bad.any()):
-        lo_s = f"({lo}" if lo_open else f"[{lo}"
-        first = checked[bad][0].item()
-        raise ValueError(f"{fn}: {arg} must be in {lo_s}, {hi}], got {first}")
+        _out_of_range(fn, arg, lo, hi, lo_open, checked[bad][0].item())
     return t
+
+
+def _out_of_range(fn, arg, lo, hi, lo_open, got):
+    lo_s = f"({lo}" if lo_open else f"[{lo}"
+    raise ValueError(f"{fn}: {arg} must be in {lo_s}, {hi}], got {got}")
 
 
 # --- backends ----------------------------------------------------------------------------------
@@ -150,11 +157,13 @@ def _sample_tokens(x: torch.Tensor, u: torch.Tensor, temp: torch.Tensor, k: torc
     b, v = x.shape
     if b == 0:
         return _fake(x, u, temp, k, p, mp)
+    greedy = temp == 0
+    if bool(greedy.all()):  # nothing to draw (a greedy decode loop): skip the exponentials
+        return x.argmax(-1)
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     t = torch.where(temp > 0, temp, 1).to(dtype)
     xf = x.to(dtype)
     xs = (xf - xf.amax(-1, keepdim=True)) / t[:, None]  # max 0: no overflow for tiny T
-    greedy = temp == 0
     row_filtered = ((k < v) | (p < 1) | (mp > 0)) & ~greedy
     tok = torch.zeros(b, dtype=torch.int64)
     if not bool(row_filtered.all()):  # unfiltered rows: the whole row, in index order

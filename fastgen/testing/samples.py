@@ -204,6 +204,28 @@ def _decode_linear_samples(device) -> list[tuple]:
             (t(0, 6), t(3, 6), t(3))]
 
 
+def _rms_norm_samples(device) -> list[tuple]:
+    """(x, weight, eps): a decode row, odd widths, bfloat16, float64, no rows."""
+    def t(*shape, dtype=torch.float32):
+        return make_tensor(shape, dtype, device)
+
+    return [(t(1, 64), t(64), 1e-6), (t(5, 33), t(33), 1e-5),
+            (t(3, 16, dtype=torch.bfloat16), t(16, dtype=torch.bfloat16), 1e-6),
+            (t(2, 9, dtype=torch.float64), t(9, dtype=torch.float64), 0.0), (t(0, 8), t(8), 1e-6)]
+
+
+def _rotary_samples(device) -> list[tuple]:
+    """(q, k, cos, sin): GQA decode, a prefill chunk, float16, no tokens."""
+    def t(*shape, dtype=torch.float32):
+        return make_tensor(shape, dtype, device)
+
+    return [(t(2, 1, 4, 16), t(2, 1, 2, 16), t(2, 1, 16), t(2, 1, 16)),
+            (t(1, 5, 3, 10), t(1, 5, 3, 10), t(1, 5, 10), t(1, 5, 10)),
+            (t(1, 2, 2, 8, dtype=torch.float16), t(1, 2, 1, 8, dtype=torch.float16),
+             t(1, 2, 8, dtype=torch.float16), t(1, 2, 8, dtype=torch.float16)),
+            (t(2, 0, 2, 8), t(2, 0, 1, 8), t(2, 0, 8), t(2, 0, 8))]
+
+
 def _volrend_fwd_samples(device) -> list[tuple]:
     """(sigmas, rgbs, t_starts, t_ends, starts, counts, eps): packed with an empty ray, early
     termination on, float64, no samples."""
@@ -274,6 +296,10 @@ OPCHECK_SAMPLES: dict[str, tuple[str, str, Callable[[str], list[tuple]]]] = {
     "fastgen::decode_attention": ("decode_attention", "cpu", _decode_samples),
     "fastgen::decode_attention_triton": ("decode_attention", "triton", _decode_samples),
     "fastgen::decode_linear": ("decode_linear", "cpu", _decode_linear_samples),
+    "fastgen::rms_norm": ("rms_norm", "cpu", _rms_norm_samples),
+    "fastgen::rms_norm_triton": ("rms_norm", "triton", _rms_norm_samples),
+    "fastgen::rotary": ("apply_rotary", "cpu", _rotary_samples),
+    "fastgen::rotary_triton": ("apply_rotary", "triton", _rotary_samples),
     "fastgen::volrend_fwd": ("volrend", "cpu", _volrend_fwd_samples),
     "fastgen::volrend_bwd": ("volrend", "cpu", _volrend_bwd_samples),
     "fastgen::ray_aabb_intersect": ("ray_aabb_intersect", "cpu", _ray_aabb_samples),

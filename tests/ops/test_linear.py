@@ -25,6 +25,24 @@ def test_matches_linear(backend, m, k, n, bias, gen):
     torch.testing.assert_close(out.double(), want, rtol=2e-6, atol=2e-6 * k ** 0.5)
 
 
+@pytest.mark.parametrize("m", [1, 4, 5, 8, 13])
+def test_output_independent_of_tile_and_threads(m, gen):
+    # an output is one fixed-order dot product wherever its row falls (4x4 or 2x8 tile, the
+    # one-row tail, a thread's first tile) and however many threads run
+    x = torch.randn(m, 203, generator=gen)
+    w = torch.randn(39, 203, generator=gen)
+    out = decode_linear(x, w, backend="cpu")
+    for j in (0, 3, 37, 38):
+        assert torch.equal(out[:, j], decode_linear(x, w[j:j + 1], backend="cpu")[:, 0])
+    assert torch.equal(out[m - 1], decode_linear(x[m - 1:], w, backend="cpu")[0])
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert torch.equal(out, decode_linear(x, w, backend="cpu"))
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_float64_leading_dims_and_views(gen):
     x = torch.randn(3, 40, 2, generator=gen, dtype=torch.float64).permute(2, 0, 1)  # a view
     w = torch.randn(40, 7, generator=gen, dtype=torch.float64).T  # [7, 40], not contiguous
@@ -37,8 +55,8 @@ def test_fallbacks_are_exact_linear(gen):
     # more rows than MAX_ROWS, rows of x beyond L1, half precision, gradients: torch's linear runs
     from fastgen.ops.linear import suits_kernel
 
-    assert suits_kernel(8, 576) and suits_kernel(1, 1536) and not suits_kernel(8, 1536)
-    xl, wl = torch.randn(8, 1536, generator=gen), torch.randn(3, 1536, generator=gen)
+    assert suits_kernel(8, 576) and suits_kernel(8, 1536) and not suits_kernel(8, 2048)
+    xl, wl = torch.randn(8, 2048, generator=gen), torch.randn(3, 2048, generator=gen)
     assert torch.equal(decode_linear(xl, wl), torch.nn.functional.linear(xl, wl))
     x = torch.randn(40, 8, generator=gen)
     w = torch.randn(5, 8, generator=gen)
