@@ -44,10 +44,10 @@ cat "$out/bench_sampler.txt"
 
 # Decoding (decode attention GB/s, sampling) and NeRF (CUDA marcher and renderer vs CPU).
 timeout 120 $py -m pytest -q -p no:cacheprovider tests/ops/test_decode.py \
-  tests/ops/test_sampling.py tests/ops/test_volrend.py tests/ops/test_raymarch.py \
+  tests/ops/test_sampling.py tests/ops/test_transformer.py tests/ops/test_volrend.py tests/ops/test_raymarch.py \
   > "$out/tests_decode_nerf.txt" 2>&1
 tail -5 "$out/tests_decode_nerf.txt"
-timeout 90 $py -m fastgen bench --device cuda --full --filter "decode_attention|sample/" \
+timeout 90 $py -m fastgen bench --device cuda --full --filter "decode_attention|sample/|rms_norm" \
   --no-progress --json "$out/bench_decode.json" > "$out/bench_decode.txt" 2>&1
 cat "$out/bench_decode.txt"
 
