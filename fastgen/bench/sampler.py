@@ -42,12 +42,14 @@ _SPECS = [
     ("DPM++ 2M", "DPMSolverMultistepScheduler", SD, "quick"),
     ("DDPM", "DDPMScheduler", SD, "full"),
     ("Euler ancestral", "EulerAncestralDiscreteScheduler", SD, "full"),
-    ("Heun", "HeunDiscreteScheduler", SD, "full"),
+    ("Heun", "HeunDiscreteScheduler", SD, "full"),  # stage 1, the Euler predictor
+    ("Heun corrector", "HeunDiscreteScheduler", SD, "full"),  # stage 2
     ("DPM++ 2M SDE", "DPMSolverMultistepScheduler",
      dict(SD, algorithm_type="sde-dpmsolver++"), "full"),
     ("FlowMatch Euler", "FlowMatchEulerDiscreteScheduler", dict(shift=3.0), "full"),
 ]
 _WARM_STEPS = 4  # steps taken before the timed one: multistep history is full, Heun at stage 1
+_WARM = {"Heun corrector": 5}  # cases timed elsewhere in the schedule
 
 
 def _rewind(s, index: int, state: Optional[dict]) -> None:
@@ -58,7 +60,7 @@ def _rewind(s, index: int, state: Optional[dict]) -> None:
 
 
 _STATE_KEYS = ("model_outputs", "lower_order_nums", "_last_sample", "prev_derivative", "dt",
-               "sample", "last_sample")
+               "sample", "last_sample", "_first_x0", "_first_model")
 
 
 def _snapshot(s) -> dict:
@@ -66,11 +68,11 @@ def _snapshot(s) -> dict:
             for k in _STATE_KEYS if hasattr(s, k)}
 
 
-def _prepared(cls, cfg, x, g):
+def _prepared(cls, cfg, x, g, warm=_WARM_STEPS):
     s = cls(**cfg)
     s.set_timesteps(N_STEPS)
     gen = torch.Generator(device=x.device).manual_seed(1)
-    for i in range(_WARM_STEPS):
+    for i in range(warm):
         t = s.timesteps[i]
         m = torch.randn(x.shape, generator=g).to(x.device)
         scale = getattr(s, "scale_model_input", None)  # diffusers' FlowMatch has none
@@ -136,7 +138,9 @@ def _scheduler_case(device, backend, label, cls_name, cfg, tier) -> Case:
 
         g = torch.Generator().manual_seed(0)
         x0 = torch.randn(SHAPE, generator=g).to(device)
-        fs, x = _prepared(getattr(diffusion, cls_name), cfg, x0, torch.Generator().manual_seed(2))
+        warm = _WARM.get(label, _WARM_STEPS)
+        fs, x = _prepared(getattr(diffusion, cls_name), cfg, x0, torch.Generator().manual_seed(2),
+                          warm)
         st = {"fs": fs, "x": x, "index": fs._step_index, "fstate": _snapshot(fs)}
         st["t"] = fs.timesteps[st["index"]]
         st["m"] = torch.randn(SHAPE, generator=g).to(device)
@@ -144,7 +148,7 @@ def _scheduler_case(device, backend, label, cls_name, cfg, tier) -> Case:
             import diffusers
 
             ds, _ = _prepared(getattr(diffusers, cls_name), cfg, x0,
-                              torch.Generator().manual_seed(2))
+                              torch.Generator().manual_seed(2), warm)
             st.update(ds=ds, dstate=_snapshot(ds))
         st["calls"] = _capture_coeffs(lambda: _fast(st))
         args, kw = st["calls"][-1]
@@ -176,7 +180,8 @@ def _scheduler_case(device, backend, label, cls_name, cfg, tier) -> Case:
     peers = {"torch.compile": _compiled}
     if importlib.util.find_spec("diffusers") is not None:
         peers["diffusers"] = _diffusers
-    reads = {"DPM++ 2M": 3, "DPM++ 2M SDE": 4, "DDPM": 3, "Euler ancestral": 3, "Heun": 4}
+    reads = {"DPM++ 2M": 3, "DPM++ 2M SDE": 4, "DDPM": 3, "Euler ancestral": 3,
+             "Heun corrector": 4}
     passes = reads.get(label, 2) + 1
     return Case(op="sampler_step", name=f"{label} step {'x'.join(map(str, SHAPE))}",
                 device=device, dtype=torch.float32, setup=setup, fastgen=_fast,

@@ -19,7 +19,8 @@ class HeunDiscreteScheduler(_SigmaScheduler):
     repeats every noise level but the first (``timesteps`` has 2n − 1 entries, ``order = 2``)
     and ``step`` alternates between an Euler predictor (stage 1) and the trapezoidal corrector
     (stage 2). Each stage is one fused :func:`fastgen.ops.sampler_step` call; stage 2 takes the
-    stage-1 sample and x̂0 as history, since ``d1 = (x_saved − x̂0₁)/σ`` is linear in them:
+    stage-1 sample and model output as history (or, with clip_sample, the stage-1 x̂0), since
+    ``d1 = (x_saved − x̂0₁)/σ`` is linear in them; stage 1 then writes only its sample:
 
         x_prev = x_saved + dt/2·(d1 + d2),   d2 = (x' − x̂0₂)/σ_next
 
@@ -94,6 +95,7 @@ class HeunDiscreteScheduler(_SigmaScheduler):
         self.dt = None
         self.sample = None
         self._first_x0 = None
+        self._first_model = None
         self._step_index = None
         self._begin_index = None
 
@@ -117,20 +119,36 @@ class HeunDiscreteScheduler(_SigmaScheduler):
             else:
                 r = sigma_next / sigma
                 coeffs = dict(c_sample=r, c_x0=1.0 - r)
+            # Without clipping x̂0₁ = px·x + pm·m is linear: stage 2 takes x and m themselves,
+            # and stage 1 writes only its sample (x̂0 computed when read). A clipped x̂0₁ is
+            # written here for stage 2.
+            linear = clip is None
+            want = ("lazy" if return_dict else eager) if linear else eager
             out, x0 = fused_step(sample, model_output, x0_sample=px, x0_model=pm, clip_x0=clip,
-                                 want_x0=eager, **coeffs)
-            self.dt, self.sample, self._first_x0, self._first_sigma = dt, sample, x0, sigma
+                                 want_x0=want, **coeffs)
+            self.dt, self.sample, self._first_sigma = dt, sample, sigma
+            self._first_x0 = None if linear else x0
+            self._first_model = (model_output, model_output._version, px, pm) if linear else None
         else:
             sigma, sigma_next = self._sig[i - 1], self._sig[i]
             px, pm = ve_prologue(c.prediction_type, sigma_next, sigma_next)
-            dt, saved, x0_first = self.dt, self.sample, self._first_x0
+            dt, saved = self.dt, self.sample
             if saved.shape != sample.shape or saved.dtype != sample.dtype:
                 raise ValueError("HeunDiscreteScheduler.step: the second-stage sample does not "
                                  "match the first stage's (shape or dtype)")
             half = dt / 2.0
             # x_saved + dt/2·(x_saved − x̂0₁)/σ + dt/2·d2
-            hist = dict(history=[saved, x0_first],
-                        c_history=[1.0 + half / sigma, -half / sigma])
+            if self._first_model is None:
+                hist = dict(history=[saved, self._first_x0],
+                            c_history=[1.0 + half / sigma, -half / sigma])
+            else:  # x̂0₁ = px₁·x_saved + pm₁·m₁
+                m1, version, px1, pm1 = self._first_model
+                if m1._version != version:
+                    raise RuntimeError("HeunDiscreteScheduler.step: the first stage's "
+                                       "model_output was modified in place before the second "
+                                       "stage, which reads it; pass a fresh tensor to each step")
+                hist = dict(history=[saved, m1],
+                            c_history=[1.0 + half * (1.0 - px1) / sigma, -half * pm1 / sigma])
             if eps_exact:  # d2 = m exactly
                 coeffs = dict(c_model=half)
             else:
@@ -138,6 +156,6 @@ class HeunDiscreteScheduler(_SigmaScheduler):
             out, _ = fused_step(sample, model_output, x0_sample=px, x0_model=pm, clip_x0=clip,
                                 want_x0="lazy" if return_dict else "eager", **hist, **coeffs)
             self.prev_derivative = None
-            self.dt = self.sample = self._first_x0 = None
+            self.dt = self.sample = self._first_x0 = self._first_model = None
         self._step_index += 1
         return out if return_dict else out.to_tuple()

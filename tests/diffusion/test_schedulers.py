@@ -648,6 +648,20 @@ def test_lazy_pred_original_sample_refuses_modified_inputs():
         _ = out.pred_original_sample
 
 
+def test_heun_second_stage_refuses_a_modified_first_model_output():
+    """Stage 2 reads stage 1's model output (x̂0₁ is linear in it): changed in place between
+    the stages, the step raises instead of using the wrong derivative."""
+    from fastgen.diffusion import HeunDiscreteScheduler
+
+    s = HeunDiscreteScheduler()
+    s.set_timesteps(4)
+    x, m = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    x1 = s.step(m, s.timesteps[0], x).prev_sample
+    m.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified in place before the second stage"):
+        s.step(torch.randn(2, 3, 4, 4), s.timesteps[1], x1)
+
+
 def test_clip_sample_range_inf_means_no_clip_and_negative_is_refused():
     from fastgen.diffusion import DDIMScheduler
 
