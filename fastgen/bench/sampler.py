@@ -181,7 +181,7 @@ def _scheduler_case(device, backend, label, cls_name, cfg, tier) -> Case:
     if importlib.util.find_spec("diffusers") is not None:
         peers["diffusers"] = _diffusers
     reads = {"DPM++ 2M": 3, "DPM++ 2M SDE": 4, "DDPM": 3, "Euler ancestral": 3,
-             "Heun corrector": 4}
+             "Heun corrector": 3}
     passes = reads.get(label, 2) + 1
     return Case(op="sampler_step", name=f"{label} step {'x'.join(map(str, SHAPE))}",
                 device=device, dtype=torch.float32, setup=setup, fastgen=_fast,

@@ -685,16 +685,26 @@ def fused_step(sample: torch.Tensor, model_output: torch.Tensor, *, c_sample: fl
         return SchedulerOutput(out, x0, has_x0=has_x0), x0
     if want_x0 == "lazy":
         z = noise if x0_noise != 0.0 else None
-        inputs = (sample, model_output) + ((z,) if z is not None else ())
-        versions = tuple(t._version for t in inputs)
-
-        def x0_fn():
-            if tuple(t._version for t in inputs) != versions:  # never a silently wrong x̂0
-                raise RuntimeError("pred_original_sample is computed when first read, from the "
-                                   "step's sample and model_output, but one of them was modified "
-                                   "in place since the step; read pred_original_sample first "
-                                   "(or pass return_dict=False to get it from the step itself)")
-            return sampler_step(sample, model_output, c_x0=1.0, noise=z, x0_sample=x0_sample,
-                                x0_model=x0_model, x0_noise=x0_noise, clip_x0=clip_x0)
+        x0_fn = lazy_x0(sample, model_output, x0_sample, x0_model, clip_x0, z, x0_noise)
         return SchedulerOutput(out, x0_fn=x0_fn, has_x0=has_x0), None
     return SchedulerOutput(out, has_x0=False), None
+
+
+def lazy_x0(sample: torch.Tensor, model_output: torch.Tensor, x0_sample: float, x0_model: float,
+            clip_x0: Optional[float] = None, noise: Optional[torch.Tensor] = None,
+            x0_noise: float = 0.0) -> Callable[[], torch.Tensor]:
+    """A function computing ``clip(x0_sample·sample + x0_model·model_output + x0_noise·noise)``
+    when first called (SchedulerOutput's lazy pred_original_sample); it raises if an input was
+    modified in place in between, instead of returning x̂0 of other inputs."""
+    inputs = (sample, model_output) + ((noise,) if noise is not None else ())
+    versions = tuple(t._version for t in inputs)
+
+    def x0_fn():
+        if tuple(t._version for t in inputs) != versions:  # never a silently wrong x̂0
+            raise RuntimeError("pred_original_sample is computed when first read, from the "
+                               "step's sample and model_output, but one of them was modified "
+                               "in place since the step; read pred_original_sample first "
+                               "(or pass return_dict=False to get it from the step itself)")
+        return sampler_step(sample, model_output, c_x0=1.0, noise=noise, x0_sample=x0_sample,
+                            x0_model=x0_model, x0_noise=x0_noise, clip_x0=clip_x0)
+    return x0_fn

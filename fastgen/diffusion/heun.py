@@ -8,7 +8,8 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ._base import (SchedulerOutput, fused_step, karras_sigmas, register_config, sigma_to_t)
+from ._base import (SchedulerOutput, fused_step, karras_sigmas, lazy_x0, register_config,
+                    sigma_to_t)
 from .euler import _SigmaScheduler, spaced_float_timesteps, ve_prologue
 
 __all__ = ["HeunDiscreteScheduler"]
@@ -23,6 +24,9 @@ class HeunDiscreteScheduler(_SigmaScheduler):
     ``d1 = (x_saved − x̂0₁)/σ`` is linear in them; stage 1 then writes only its sample:
 
         x_prev = x_saved + dt/2·(d1 + d2),   d2 = (x' − x̂0₂)/σ_next
+
+    For epsilon prediction without clipping d2 = m₂, so the corrector reads x_saved, m₁ and m₂
+    only (three reads, one write; x̂0₂ is computed when ``pred_original_sample`` is read).
 
     Supported: beta_schedule linear, scaled_linear, squaredcos_cap_v2, exp (or trained_betas);
     prediction_type epsilon, v_prediction, sample; use_karras_sigmas; clip_sample;
@@ -147,14 +151,23 @@ class HeunDiscreteScheduler(_SigmaScheduler):
                     raise RuntimeError("HeunDiscreteScheduler.step: the first stage's "
                                        "model_output was modified in place before the second "
                                        "stage, which reads it; pass a fresh tensor to each step")
-                hist = dict(history=[saved, m1],
-                            c_history=[1.0 + half * (1.0 - px1) / sigma, -half * pm1 / sigma])
-            if eps_exact:  # d2 = m exactly
-                coeffs = dict(c_model=half)
+                hist = dict(history=[saved, m1], c_history=[1.0 + half * (1.0 - px1) / sigma,
+                                                             -half * pm1 / sigma])
+            if eps_exact and return_dict:
+                # d2 = m₂ too: the corrector is x_saved·c + m₁·c₁ + m₂·dt/2, three reads and one
+                # write; stage 2's own sample enters only x̂0₂, computed when read
+                (c_saved, c_m1), (_, m1) = hist["c_history"], hist["history"]
+                out, _ = fused_step(saved, model_output, c_sample=c_saved, c_model=half,
+                                    history=[m1], c_history=[c_m1], want_x0="no")
+                out = SchedulerOutput(out.prev_sample, x0_fn=lazy_x0(sample, model_output, px, pm))
             else:
-                coeffs = dict(c_sample=half / sigma_next, c_x0=-half / sigma_next)
-            out, _ = fused_step(sample, model_output, x0_sample=px, x0_model=pm, clip_x0=clip,
-                                want_x0="lazy" if return_dict else "eager", **hist, **coeffs)
+                if eps_exact:  # d2 = m exactly
+                    coeffs = dict(c_model=half)
+                else:
+                    coeffs = dict(c_sample=half / sigma_next, c_x0=-half / sigma_next)
+                out, _ = fused_step(sample, model_output, x0_sample=px, x0_model=pm,
+                                    clip_x0=clip, want_x0="lazy" if return_dict else "eager",
+                                    **hist, **coeffs)
             self.prev_derivative = None
             self.dt = self.sample = self._first_x0 = self._first_model = None
         self._step_index += 1
