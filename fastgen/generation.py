@@ -206,6 +206,9 @@ class _LlamaRunner:
         # eager ops), backends resolved once per generate call as the registry picks them
         self.norm_op = registry.get("rms_norm").select(self.device.type)
         self.rope_op = registry.get("apply_rotary").select(self.device.type)
+        # decode attention too: the step passes the op its already-checked arguments (the
+        # public wrapper's checks were ~40 us of each layer's step)
+        self.attn_op = registry.get("decode_attention").select(self.device.type)
         norms = [body.norm] + [n for layer in self.layers
                                for n in (layer.input_layernorm, layer.post_attention_layernorm)]
         self.fused_norm = all(isinstance(getattr(n, "weight", None), torch.Tensor)
@@ -285,13 +288,17 @@ class _LlamaRunner:
         pos = cache.seqlens.long()
         self._set_rotary(h, pos[:, None])
         rows = torch.arange(tok.shape[0], device=self.device)
+        lens = cache.seqlens + 1  # int32: each row's keys once this token is written
 
         def attend(i, attn, x):
             q, k, v = self._qkv(attn, x)
             # the cache holds max prompt + max_new_tokens per row: no range checks needed
             cache.write(i, rows, pos, k[:, 0], v[:, 0], validate=False)
-            out = cache.attend(i, q.transpose(1, 2), scale=self.scale, window=self.windows[i],
-                               validate=False)
+            # decode_attention's arguments as its wrapper passes them: causal (right = 0), the
+            # window's left bound only when it is shorter than the cache
+            left = self.windows[i][0] if self.windows[i][0] <= cache.capacity else -1
+            out, _ = self.attn_op.fn(q.transpose(1, 2), cache.k[i], cache.v[i], lens, None,
+                                     float(self.scale), 0.0, left, 0)
             return out.transpose(1, 2).reshape(x.shape[0], 1, -1)
 
         for i in range(self.n_layers):
