@@ -202,13 +202,12 @@ class _LlamaRunner:
         self.fast_linear = (self.device.type == "cpu"
                             and self.dtype in (torch.float32, torch.float64)
                             and registry.get("decode_linear").select("cpu").name == "cpu")
-        # RMSNorm and rotary embedding: fastgen's fused ops (one call each instead of 7 and 10
-        # eager ops), backends resolved once per generate call as the registry picks them
-        self.norm_op = registry.get("rms_norm").select(self.device.type)
-        self.rope_op = registry.get("apply_rotary").select(self.device.type)
-        # decode attention too: the step passes the op its already-checked arguments (the
-        # public wrapper's checks were ~40 us of each layer's step)
-        self.attn_op = registry.get("decode_attention").select(self.device.type)
+        # RMSNorm and rotary embedding run fastgen's fused ops (one call each instead of 7 and
+        # 10 eager ops), and decode attention gets its arguments prepared once per step (the
+        # public wrappers' checks were ~40 us of each layer's step): each op's backend is
+        # chosen by the registry once per generate call, on its first call's arguments (so
+        # FASTGEN_BACKEND, use_backend and each backend's dtype/shape checks still apply)
+        self._fns = {}
         norms = [body.norm] + [n for layer in self.layers
                                for n in (layer.input_layernorm, layer.post_attention_layernorm)]
         self.fused_norm = all(isinstance(getattr(n, "weight", None), torch.Tensor)
@@ -227,11 +226,18 @@ class _LlamaRunner:
             return out.view(*x.shape[:-1], out.shape[-1])
         return module(x)
 
+    def _op(self, name, *args):
+        """Op ``name`` on prepared arguments, through the backend chosen on its first call."""
+        fn = self._fns.get(name)
+        if fn is None:
+            fn = self._fns[name] = registry.get(name).select(self.device.type, args).fn
+        return fn(*args)
+
     def _norm(self, module, x):
         if self.fused_norm:
             shape = x.shape
-            return self.norm_op.fn(x.reshape(-1, shape[-1]), module.weight,
-                                   module.variance_epsilon).view(shape)
+            return self._op("rms_norm", x.reshape(-1, shape[-1]), module.weight,
+                            module.variance_epsilon).view(shape)
         return module(x)
 
     def _mlp(self, mlp, x):
@@ -244,7 +250,7 @@ class _LlamaRunner:
         q = self._lin(attn.q_proj, h).view(n, t, self.n_heads, self.head_dim)
         k = self._lin(attn.k_proj, h).view(n, t, self.n_kv_heads, self.head_dim)
         v = self._lin(attn.v_proj, h).view(n, t, self.n_kv_heads, self.head_dim)
-        q, k = self.rope_op.fn(q, k, *self._rotary)
+        q, k = self._op("apply_rotary", q, k, *self._rotary)
         return q, k, v
 
     def _layer(self, i, h, attend):
@@ -297,8 +303,8 @@ class _LlamaRunner:
             # decode_attention's arguments as its wrapper passes them: causal (right = 0), the
             # window's left bound only when it is shorter than the cache
             left = self.windows[i][0] if self.windows[i][0] <= cache.capacity else -1
-            out, _ = self.attn_op.fn(q.transpose(1, 2), cache.k[i], cache.v[i], lens, None,
-                                     float(self.scale), 0.0, left, 0)
+            out, _ = self._op("decode_attention", q.transpose(1, 2), cache.k[i], cache.v[i],
+                              lens, None, float(self.scale), 0.0, left, 0)
             return out.transpose(1, 2).reshape(x.shape[0], 1, -1)
 
         for i in range(self.n_layers):

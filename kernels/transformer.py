@@ -16,13 +16,20 @@ import triton.language as tl
 
 
 @triton.jit
-def _rms_norm_kernel(x_ptr, w_ptr, y_ptr, n, eps, BLOCK: tl.constexpr, WIDE: tl.constexpr):
+def _rms_norm_kernel(x_ptr, w_ptr, y_ptr, n, eps_hi, eps_lo, BLOCK: tl.constexpr,
+                     WIDE: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < n
     work = tl.float64 if WIDE else tl.float32
+    # float scalars arrive as float32: a float64 eps comes as hi + lo halves
+    eps = tl.cast(eps_hi, work) + tl.cast(eps_lo, work) if WIDE else eps_hi
     x = tl.load(x_ptr + row * n + offs, mask=mask, other=0.0).to(work)
-    r = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / n + eps)
+    ms = tl.sum(x * x, axis=0) / n + eps
+    if WIDE:
+        r = 1.0 / tl.sqrt(ms)  # float64 sqrt is correctly rounded
+    else:
+        r = 1.0 / tl.sqrt_rn(ms)  # not the approximate float32 sqrt: as torch.rsqrt on CPU
     h = (x * r).to(y_ptr.dtype.element_ty).to(work)  # rounded to the storage dtype first
     w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(work)
     tl.store(y_ptr + row * n + offs, (w * h).to(y_ptr.dtype.element_ty), mask=mask)
@@ -53,9 +60,11 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     y = torch.empty_like(x)
     rows, n = x.shape
     if rows and n:
+        wide = x.dtype == torch.float64
+        hi = float(torch.tensor(eps, dtype=torch.float32)) if wide else eps
         with _on_device(x):
-            _rms_norm_kernel[(rows,)](x, weight, y, n, eps, BLOCK=triton.next_power_of_2(n),
-                                      WIDE=x.dtype == torch.float64)
+            _rms_norm_kernel[(rows,)](x, weight, y, n, hi, eps - hi if wide else 0.0,
+                                      BLOCK=triton.next_power_of_2(n), WIDE=wide)
     return y
 
 
@@ -67,9 +76,12 @@ def rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tenso
         b, t, h, d = x.shape
         if y.numel():
             with _on_device(x):
+                # no fma contraction: products and sums rounded one by one, as eager PyTorch
+                # (float32 results bit-exact with transformers' on GPUs too)
                 _rotary_kernel[(b * t * h,)](x, cos, sin, y, h, d // 2,
                                              BLOCK=triton.next_power_of_2(max(d // 2, 1)),
-                                             WIDE=x.dtype == torch.float64)
+                                             WIDE=x.dtype == torch.float64,
+                                             enable_fp_fusion=False)
         outs.append(y)
     return outs[0], outs[1]
 

@@ -8,7 +8,8 @@
 // S() rounds to the storage dtype (transformers' LlamaRMSNorm multiplies by the weight after
 // casting back). Computed in float32 (float64 for float64 storage), one pass over x. The rotary
 // products and sums are rounded one by one as PyTorch's eager ``q*cos + rotate_half(q)*sin`` does
-// (fp-contract off in this file), so float32 results equal transformers' bit for bit.
+// (fp-contract off in this file), so float32 results equal transformers' bit for bit; float16 /
+// bfloat16 storage is rounded once, at the end (eager rounds every product and sum to it).
 #pragma GCC optimize("fp-contract=off")
 
 #include <ATen/ATen.h>
@@ -89,6 +90,7 @@ void rotary_head(const S* x, const S* c, const S* s, S* y, int64_t half) {
 template <typename S>
 void rotary_one(const at::Tensor& x, const at::Tensor& c, const at::Tensor& s, at::Tensor& y) {
   const int64_t bt = x.size(0) * x.size(1), h = x.size(2), d = x.size(3);
+  if (bt * h == 0 || d == 0) return;
   const S *xp = x.data_ptr<S>(), *cp = c.data_ptr<S>(), *sp = s.data_ptr<S>();
   S* yp = y.data_ptr<S>();
   at::parallel_for(0, bt * h, std::max<int64_t>(1, 65536 / d), [&](int64_t b, int64_t e) {

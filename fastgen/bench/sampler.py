@@ -60,7 +60,7 @@ def _rewind(s, index: int, state: Optional[dict]) -> None:
 
 
 _STATE_KEYS = ("model_outputs", "lower_order_nums", "_last_sample", "prev_derivative", "dt",
-               "sample", "last_sample", "_first_x0", "_first_model")
+               "sample", "last_sample", "_first_x0")
 
 
 def _snapshot(s) -> dict:
@@ -180,7 +180,8 @@ def _scheduler_case(device, backend, label, cls_name, cfg, tier) -> Case:
     peers = {"torch.compile": _compiled}
     if importlib.util.find_spec("diffusers") is not None:
         peers["diffusers"] = _diffusers
-    reads = {"DPM++ 2M": 3, "DPM++ 2M SDE": 4, "DDPM": 3, "Euler ancestral": 3,
+    # passes over memory besides the one write of prev_sample (Heun's predictor also writes x̂0)
+    reads = {"DPM++ 2M": 3, "DPM++ 2M SDE": 4, "DDPM": 3, "Euler ancestral": 3, "Heun": 3,
              "Heun corrector": 3}
     passes = reads.get(label, 2) + 1
     return Case(op="sampler_step", name=f"{label} step {'x'.join(map(str, SHAPE))}",

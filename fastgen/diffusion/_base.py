@@ -695,8 +695,13 @@ def lazy_x0(sample: torch.Tensor, model_output: torch.Tensor, x0_sample: float, 
             x0_noise: float = 0.0) -> Callable[[], torch.Tensor]:
     """A function computing ``clip(x0_sample·sample + x0_model·model_output + x0_noise·noise)``
     when first called (SchedulerOutput's lazy pred_original_sample); it raises if an input was
-    modified in place in between, instead of returning x̂0 of other inputs."""
+    modified in place in between, instead of returning x̂0 of other inputs. Inference tensors
+    (torch.inference_mode) track no versions: x̂0 is then computed at once."""
     inputs = (sample, model_output) + ((noise,) if noise is not None else ())
+    if any(t.is_inference() for t in inputs):
+        x0 = sampler_step(sample, model_output, c_x0=1.0, noise=noise, x0_sample=x0_sample,
+                          x0_model=x0_model, x0_noise=x0_noise, clip_x0=clip_x0)
+        return lambda: x0
     versions = tuple(t._version for t in inputs)
 
     def x0_fn():

@@ -19,13 +19,13 @@ class HeunDiscreteScheduler(_SigmaScheduler):
     """Heun sampling, a drop-in for ``diffusers.HeunDiscreteScheduler`` (0.42.1): the schedule
     repeats every noise level but the first (``timesteps`` has 2n − 1 entries, ``order = 2``)
     and ``step`` alternates between an Euler predictor (stage 1) and the trapezoidal corrector
-    (stage 2). Each stage is one fused :func:`fastgen.ops.sampler_step` call; stage 2 takes the
-    stage-1 sample and model output as history (or, with clip_sample, the stage-1 x̂0), since
-    ``d1 = (x_saved − x̂0₁)/σ`` is linear in them; stage 1 then writes only its sample:
+    (stage 2). Each stage is one fused :func:`fastgen.ops.sampler_step` call; stage 1 also
+    writes x̂0₁, and stage 2 takes the stage-1 sample and x̂0₁ as history, since
+    ``d1 = (x_saved − x̂0₁)/σ`` is linear in them:
 
         x_prev = x_saved + dt/2·(d1 + d2),   d2 = (x' − x̂0₂)/σ_next
 
-    For epsilon prediction without clipping d2 = m₂, so the corrector reads x_saved, m₁ and m₂
+    For epsilon prediction without clipping d2 = m₂, so the corrector reads x_saved, x̂0₁ and m₂
     only (three reads, one write; x̂0₂ is computed when ``pred_original_sample`` is read).
 
     Supported: beta_schedule linear, scaled_linear, squaredcos_cap_v2, exp (or trained_betas);
@@ -99,7 +99,6 @@ class HeunDiscreteScheduler(_SigmaScheduler):
         self.dt = None
         self.sample = None
         self._first_x0 = None
-        self._first_model = None
         self._step_index = None
         self._begin_index = None
 
@@ -113,7 +112,6 @@ class HeunDiscreteScheduler(_SigmaScheduler):
         i = self._advance_to(timestep)
         clip = self._clip_range()
         eps_exact = c.prediction_type == "epsilon" and clip is None
-        eager = "eager"
         if self.state_in_first_order:
             sigma, sigma_next = self._sig[i], self._sig[i + 1]
             px, pm = ve_prologue(c.prediction_type, sigma, sigma)
@@ -123,42 +121,26 @@ class HeunDiscreteScheduler(_SigmaScheduler):
             else:
                 r = sigma_next / sigma
                 coeffs = dict(c_sample=r, c_x0=1.0 - r)
-            # Without clipping x̂0₁ = px·x + pm·m is linear: stage 2 takes x and m themselves,
-            # and stage 1 writes only its sample (x̂0 computed when read). A clipped x̂0₁ is
-            # written here for stage 2.
-            linear = clip is None
-            want = ("lazy" if return_dict else eager) if linear else eager
+            # x̂0₁ is written for stage 2 (a copy of its own: the caller may reuse the model
+            # output's buffer, e.g. a CUDA graph's static output, before stage 2)
             out, x0 = fused_step(sample, model_output, x0_sample=px, x0_model=pm, clip_x0=clip,
-                                 want_x0=want, **coeffs)
-            self.dt, self.sample, self._first_sigma = dt, sample, sigma
-            self._first_x0 = None if linear else x0
-            self._first_model = (model_output, model_output._version, px, pm) if linear else None
+                                 want_x0="eager", **coeffs)
+            self.dt, self.sample, self._first_x0, self._first_sigma = dt, sample, x0, sigma
         else:
             sigma, sigma_next = self._sig[i - 1], self._sig[i]
             px, pm = ve_prologue(c.prediction_type, sigma_next, sigma_next)
-            dt, saved = self.dt, self.sample
+            dt, saved, x0_first = self.dt, self.sample, self._first_x0
             if saved.shape != sample.shape or saved.dtype != sample.dtype:
                 raise ValueError("HeunDiscreteScheduler.step: the second-stage sample does not "
                                  "match the first stage's (shape or dtype)")
             half = dt / 2.0
             # x_saved + dt/2·(x_saved − x̂0₁)/σ + dt/2·d2
-            if self._first_model is None:
-                hist = dict(history=[saved, self._first_x0],
-                            c_history=[1.0 + half / sigma, -half / sigma])
-            else:  # x̂0₁ = px₁·x_saved + pm₁·m₁
-                m1, version, px1, pm1 = self._first_model
-                if m1._version != version:
-                    raise RuntimeError("HeunDiscreteScheduler.step: the first stage's "
-                                       "model_output was modified in place before the second "
-                                       "stage, which reads it; pass a fresh tensor to each step")
-                hist = dict(history=[saved, m1], c_history=[1.0 + half * (1.0 - px1) / sigma,
-                                                             -half * pm1 / sigma])
+            c_saved, c_x0_first = 1.0 + half / sigma, -half / sigma
             if eps_exact and return_dict:
-                # d2 = m₂ too: the corrector is x_saved·c + m₁·c₁ + m₂·dt/2, three reads and one
-                # write; stage 2's own sample enters only x̂0₂, computed when read
-                (c_saved, c_m1), (_, m1) = hist["c_history"], hist["history"]
+                # d2 = m₂: the corrector reads x_saved, x̂0₁ and m₂ and writes once; stage 2's
+                # own sample enters only x̂0₂, computed when read
                 out, _ = fused_step(saved, model_output, c_sample=c_saved, c_model=half,
-                                    history=[m1], c_history=[c_m1], want_x0="no")
+                                    history=[x0_first], c_history=[c_x0_first], want_x0="no")
                 out = SchedulerOutput(out.prev_sample, x0_fn=lazy_x0(sample, model_output, px, pm))
             else:
                 if eps_exact:  # d2 = m exactly
@@ -167,8 +149,9 @@ class HeunDiscreteScheduler(_SigmaScheduler):
                     coeffs = dict(c_sample=half / sigma_next, c_x0=-half / sigma_next)
                 out, _ = fused_step(sample, model_output, x0_sample=px, x0_model=pm,
                                     clip_x0=clip, want_x0="lazy" if return_dict else "eager",
-                                    **hist, **coeffs)
+                                    history=[saved, x0_first], c_history=[c_saved, c_x0_first],
+                                    **coeffs)
             self.prev_derivative = None
-            self.dt = self.sample = self._first_x0 = self._first_model = None
+            self.dt = self.sample = self._first_x0 = None
         self._step_index += 1
         return out if return_dict else out.to_tuple()

@@ -120,9 +120,12 @@ class _Block(nn.Module):
 
 
 def _norm(module: nn.RMSNorm, x):
-    """fastgen.ops.rms_norm with an nn.RMSNorm's weight and eps (None: the dtype's eps, as
-    torch's)."""
-    eps = module.eps if module.eps is not None else torch.finfo(x.dtype).eps
+    """fastgen.ops.rms_norm with an nn.RMSNorm's weight and eps (None: the eps of the dtype
+    computed in, float32 for half types, as torch's)."""
+    eps = module.eps
+    if eps is None:
+        eps = torch.finfo(torch.float32 if x.dtype in (torch.float16, torch.bfloat16)
+                          else x.dtype).eps
     return rms_norm(x, module.weight, eps)
 
 

@@ -8,7 +8,10 @@ bound by per-op overhead (LlamaRMSNorm is seven ops, apply_rotary_pos_emb ten): 
 Numerics follow transformers' Llama modules (LlamaRMSNorm, apply_rotary_pos_emb): float32 math
 (float64 for float64), the normalised row rounded to x's dtype before the weight multiplies it;
 float32 rotary results equal transformers' bit for bit, RMSNorm's differ by the order of the
-mean's sum (~1e-7 relative).
+mean's sum (~1e-7 relative). For float16/bfloat16 the kernels round once, at the end, where
+eager PyTorch (and the reference) rounds every product and sum to the storage dtype: results
+then differ from transformers' by an ulp or so of that dtype (the kernels' are the closer to the
+exact value).
 
     fastgen/ops/transformer.py        this file: checks, backends
     csrc/cpu/transformer.cpp          backend ``cpu``
@@ -73,7 +76,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, *,
     if not isinstance(eps, numbers.Real) or isinstance(eps, bool) or not math.isfinite(eps) \
             or eps < 0:
         raise ValueError(f"{name}: eps must be a finite number >= 0, got {eps!r}")
-    x2 = x.reshape(-1, x.shape[-1])
+    x2 = x.reshape(math.prod(x.shape[:-1]), x.shape[-1])  # (an empty last dim reshapes too)
     args = (x2, weight, float(eps))
     return _NORM.select(x.device.type, args, backend).fn(*args).view(x.shape)
 
@@ -97,9 +100,9 @@ def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch
     name = "apply_rotary"
     _check_tensors(name, q=q, k=k, cos=cos, sin=sin)
     if q.ndim != 4 or k.ndim != 4 or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3] \
-            or q.shape[3] % 2:
+            or q.shape[3] % 2 or q.shape[3] == 0:
         raise ValueError(f"{name}: q [B, T, Hq, D] and k [B, T, Hk, D] with one B, T and an even "
-                         f"D expected, got {list(q.shape)} and {list(k.shape)}")
+                         f"D >= 2 expected, got {list(q.shape)} and {list(k.shape)}")
     b, t, _, d = q.shape
     if cos.shape != sin.shape or cos.shape not in ((b, t, d), (t, d)):
         raise ValueError(f"{name}: cos and sin must both be [B, T, D] = {[b, t, d]} or [T, D] = "
@@ -124,7 +127,7 @@ def _norm_check_triton(x, w, eps):
 
 
 def _norm_fake(x, w, eps):
-    return torch.empty_like(x)
+    return torch.empty_like(x, memory_format=torch.contiguous_format)  # as the kernels return
 
 
 def _rope_fake(q, k, cos, sin):

@@ -25,6 +25,8 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 def rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
     """q [B, T, Hq, D], k [B, T, Hk, D], cos/sin [B, T, D] -> (q·cos + rotate_half(q)·sin, same
-    for k), in the inputs' dtype, each product and sum rounded as PyTorch's eager ops round."""
+    for k), contiguous, in the inputs' dtype, each product and sum rounded as PyTorch's eager
+    ops round."""
     c, s = cos[:, :, None], sin[:, :, None]
-    return q * c + rotate_half(q) * s, k * c + rotate_half(k) * s
+    return ((q * c + rotate_half(q) * s).contiguous(),
+            (k * c + rotate_half(k) * s).contiguous())

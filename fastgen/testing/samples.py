@@ -205,11 +205,12 @@ def _decode_linear_samples(device) -> list[tuple]:
 
 
 def _rms_norm_samples(device) -> list[tuple]:
-    """(x, weight, eps): a decode row, odd widths, bfloat16, float64, no rows."""
+    """(x, weight, eps): a decode row, odd widths, a transposed x, bfloat16, float64, no rows."""
     def t(*shape, dtype=torch.float32):
         return make_tensor(shape, dtype, device)
 
     return [(t(1, 64), t(64), 1e-6), (t(5, 33), t(33), 1e-5),
+            (make_tensor((7, 16), torch.float32, device, layout="transposed"), t(16), 1e-6),
             (t(3, 16, dtype=torch.bfloat16), t(16, dtype=torch.bfloat16), 1e-6),
             (t(2, 9, dtype=torch.float64), t(9, dtype=torch.float64), 0.0), (t(0, 8), t(8), 1e-6)]
 

@@ -76,8 +76,18 @@ def test_rotary_dtypes_views_and_shared_tables(device, backend, dtype, gen):
     want = ref.rotary(q.double(), k.double(), cos.double().expand(3, 4, 16),
                       sin.double().expand(3, 4, 16))
     for g, w in zip(got, want):
-        assert g.dtype == dtype
+        assert g.dtype == dtype and g.is_contiguous()
         torch.testing.assert_close(g.cpu().double(), w, rtol=TOL[dtype], atol=4 * TOL[dtype])
+
+
+@pytest.mark.parametrize("device,backend", NORM)
+def test_rms_norm_layouts_and_empty_rows(device, backend, gen):
+    x = torch.randn(16, 8, generator=gen).t()  # [8, 16], not contiguous
+    w = torch.randn(16, generator=gen)
+    got = rms_norm(x.to(device), w.to(device), 1e-6, backend=backend).cpu()
+    torch.testing.assert_close(got, ref.rms_norm(x, w, 1e-6), rtol=2e-6, atol=1e-6)
+    assert rms_norm(torch.randn(3, 0).to(device), torch.randn(0).to(device),
+                    backend=backend).shape == (3, 0)
 
 
 def test_gradients_go_through_the_reference(gen):
@@ -119,6 +129,8 @@ def test_bad_input():
     q, k, c = torch.randn(1, 2, 3, 8), torch.randn(1, 2, 1, 8), torch.randn(1, 2, 8)
     with pytest.raises(ValueError, match="even D"):
         apply_rotary(q[..., :7], k[..., :7], c[..., :7], c[..., :7])
+    with pytest.raises(ValueError, match="even D >= 2"):  # (the kernel would divide by D)
+        apply_rotary(q[..., :0], k[..., :0], c[..., :0], c[..., :0])
     with pytest.raises(ValueError, match="one B, T"):
         apply_rotary(q, k[:, :1], c, c)
     with pytest.raises(ValueError, match=r"cos and sin must both be \[B, T, D\]"):
