@@ -2,11 +2,11 @@
 // fastgen/ops/linear.py, schema in csrc/registration.cpp).
 //
 // With one to sixteen rows the product is bound by reading W. Each thread streams a contiguous
-// range of W's rows once, RW rows at a time against RX rows of x (a register tile: per vector
-// of K, RW + RX loads feed RW·RX FMAs into independent accumulators, so neither the load ports
-// nor one FMA chain's latency limits the stream), and x, a few KB, stays in L1/L2. Each output
-// is one fixed-order vector dot product (the order of dot_rows in vec_io.h), so results do not
-// depend on the tile an output falls in or on the thread count.
+// range of W's rows once, RW rows at a time against RX rows of x (tile_dot in vec_io.h: per
+// vector of K, RW + RX loads feed RW·RX FMAs into independent accumulators, so neither the load
+// ports nor one FMA chain's latency limits the stream), and x, a few KB, stays in L1/L2. Each
+// output is one fixed-order vector dot product, so results do not depend on the tile an output
+// falls in or on the thread count.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -20,54 +20,6 @@
 
 namespace fastgen {
 namespace {
-
-// out[r * ldo + j] = x_r · w_j + b_j for RX rows x_r = x + r·K and RW rows w_j = w + j·K.
-// pf, when not null, is the next tile's W: its lines are prefetched as this tile's are read, so
-// the memory stream overlaps the FMAs (the hardware prefetcher alone leaves them serial).
-template <int RW, int RX, typename T>
-void tile_dot(const T* x, const T* w, int64_t K, const T* b, T* out, int64_t ldo, const T* pf) {
-  constexpr int64_t W = Vec<T>::size();
-  Vec<T> acc[RX][RW];
-  for (int r = 0; r < RX; ++r)
-    for (int j = 0; j < RW; ++j) acc[r][j] = Vec<T>(T(0));
-  int64_t d = 0;
-  for (; d + W <= K; d += W) {
-    Vec<T> wv[RW];
-    if (pf) {
-      for (int j = 0; j < RW; ++j) __builtin_prefetch(pf + j * K + d, 0, 3);
-    }
-    for (int j = 0; j < RW; ++j) wv[j] = Vec<T>::loadu(w + j * K + d);
-    for (int r = 0; r < RX; ++r) {
-      const Vec<T> xv = Vec<T>::loadu(x + r * K + d);
-      for (int j = 0; j < RW; ++j) acc[r][j] = at::vec::fmadd(xv, wv[j], acc[r][j]);
-    }
-  }
-  if (d < K) {
-    Vec<T> wv[RW];
-    for (int j = 0; j < RW; ++j) wv[j] = Vec<T>::loadu(w + j * K + d, K - d);
-    for (int r = 0; r < RX; ++r) {
-      const Vec<T> xv = Vec<T>::loadu(x + r * K + d, K - d);
-      for (int j = 0; j < RW; ++j) acc[r][j] = at::vec::fmadd(xv, wv[j], acc[r][j]);
-    }
-  }
-  for (int r = 0; r < RX; ++r)
-    for (int j = 0; j < RW; ++j) out[r * ldo + j] = hsum(acc[r][j]) + (b ? b[j] : T(0));
-}
-
-template <int RW, typename T>
-void tile_rows_x(const T* x, int64_t nx, const T* w, int64_t K, const T* b, T* out, int64_t ldo,
-                 const T* pf) {
-  switch (nx) {
-    case 1: return tile_dot<RW, 1>(x, w, K, b, out, ldo, pf);
-    case 2: return tile_dot<RW, 2>(x, w, K, b, out, ldo, pf);
-    case 3: return tile_dot<RW, 3>(x, w, K, b, out, ldo, pf);
-    case 4: return tile_dot<RW, 4>(x, w, K, b, out, ldo, pf);
-    case 5: return tile_dot<RW, 5>(x, w, K, b, out, ldo, pf);
-    case 6: return tile_dot<RW, 6>(x, w, K, b, out, ldo, pf);
-    case 7: return tile_dot<RW, 7>(x, w, K, b, out, ldo, pf);
-    default: return tile_dot<RW, 8>(x, w, K, b, out, ldo, pf);
-  }
-}
 
 // how far ahead the prefetch runs, in rows of W (4 to 48 rows, into L1 or L2, measured alike;
 // a 3 x 8 tile for 5-8 rows of x measured as fast as 2 x 8)
@@ -89,14 +41,14 @@ void weight_rows(const T* x, int64_t M, const T* w, int64_t K, const T* b, T* ou
     for (int64_t m0 = 0; m0 < M; m0 += RX) {
       const T* pf = m0 == 0 && n + (kPfTiles + 1) * RW <= n1 ? w + (n + kPfTiles * RW) * K
                                                                 : static_cast<const T*>(nullptr);
-      tile_rows_x<RW>(x + m0 * K, std::min<int64_t>(RX, M - m0), w + n * K, K,
-                      b ? b + n : nullptr, out + m0 * N + n, N, pf);
+      tile_rows<RW>(x + m0 * K, std::min<int64_t>(RX, M - m0), w + n * K, K,
+                    b ? b + n : nullptr, out + m0 * N + n, N, pf);
     }
   }
   for (; n < n1; ++n) {
-    for (int64_t m0 = 0; m0 < M; m0 += 8) {
-      tile_rows_x<1>(x + m0 * K, std::min<int64_t>(8, M - m0), w + n * K, K,
-                     b ? b + n : nullptr, out + m0 * N + n, N, static_cast<const T*>(nullptr));
+    for (int64_t m0 = 0; m0 < M; m0 += kDotRows) {
+      tile_rows<1>(x + m0 * K, std::min<int64_t>(kDotRows, M - m0), w + n * K, K,
+                   b ? b + n : nullptr, out + m0 * N + n, N);
     }
   }
 }

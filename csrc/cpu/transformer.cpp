@@ -21,6 +21,7 @@
 #include <cmath>
 #include <cstdint>
 #include <tuple>
+#include <utility>
 
 #include "cpu/vec_io.h"
 
@@ -51,12 +52,15 @@ void rms_norm_row(const S* x, const S* w, S* y, int64_t n, double eps) {
 }
 
 at::Tensor rms_norm_cpu(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu(), "fastgen::rms_norm: CPU tensors");
+  TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu(),
+              "fastgen::rms_norm: x and weight must be CPU tensors, got ", x.device(), " and ",
+              weight.device());
   TORCH_CHECK(x.dim() == 2 && weight.dim() == 1 && weight.size(0) == x.size(1),
               "fastgen::rms_norm: x [R, N] and weight [N] expected, got ", x.sizes(), " and ",
               weight.sizes());
   TORCH_CHECK(x.scalar_type() == weight.scalar_type(),
-              "fastgen::rms_norm: x and weight of one dtype");
+              "fastgen::rms_norm: weight must have x's dtype ", x.scalar_type(), ", got ",
+              weight.scalar_type());
   const at::Tensor xc = x.contiguous(), wc = weight.contiguous();
   at::Tensor y = at::empty_like(xc);
   const int64_t rows = x.size(0), n = x.size(1);
@@ -103,17 +107,22 @@ void rotary_one(const at::Tensor& x, const at::Tensor& c, const at::Tensor& s, a
 
 std::tuple<at::Tensor, at::Tensor> rotary_cpu(const at::Tensor& q, const at::Tensor& k,
                                               const at::Tensor& cos, const at::Tensor& sin) {
-  for (const at::Tensor* t : {&q, &k, &cos, &sin}) {
-    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == q.scalar_type(),
-                "fastgen::rotary: CPU tensors of one dtype");
+  const std::pair<const char*, const at::Tensor*> args[] = {
+      {"q", &q}, {"k", &k}, {"cos", &cos}, {"sin", &sin}};
+  for (const auto& [name, t] : args) {
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == q.scalar_type(), "fastgen::rotary: ",
+                name, " must be a CPU tensor of q's dtype ", q.scalar_type(), ", got ",
+                t->scalar_type(), " on ", t->device());
   }
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && cos.dim() == 3 && sin.sizes() == cos.sizes(),
-              "fastgen::rotary: q, k [B, T, H, D] and cos, sin [B, T, D] expected");
+              "fastgen::rotary: q, k [B, T, H, D] and cos, sin [B, T, D] expected, got ",
+              q.sizes(), ", ", k.sizes(), ", ", cos.sizes(), ", ", sin.sizes());
   const int64_t d = q.size(3);
-  TORCH_CHECK(d % 2 == 0 && k.size(3) == d && cos.size(2) == d && q.size(0) == k.size(0) &&
+  TORCH_CHECK(d % 2 == 0 && d >= 2 && k.size(3) == d && cos.size(2) == d &&
+                  q.size(0) == k.size(0) &&
                   q.size(1) == k.size(1) && cos.size(0) == q.size(0) && cos.size(1) == q.size(1),
               "fastgen::rotary: shapes ", q.sizes(), ", ", k.sizes(), ", ", cos.sizes(),
-              " do not match (even D)");
+              " do not match (one B, T and an even D >= 2 expected)");
   const at::Tensor qc = q.contiguous(), kc = k.contiguous();
   const at::Tensor cc = cos.contiguous(), sc = sin.contiguous();
   at::Tensor qo = at::empty_like(qc), ko = at::empty_like(kc);

@@ -70,41 +70,65 @@ T hsum(const Vec<T>& v) {
   }
 }
 
-// out[r] = q_r · k for R rows q_r = q + r·n: each load of k feeds R FMAs (R accumulators live
-// in registers).
-template <int R, typename T>
-void dot_rows_fixed(const T* q, const T* k, int64_t n, T* out) {
+// Register-tiled dot products: out[r * ldo + j] = x_r · w_j (+ b_j) for RX rows x_r = x + r·K
+// and RW rows w_j = w + j·K. Per vector of K, RW + RX loads feed RW·RX FMAs into independent
+// accumulators; each output is one fixed-order vector dot product (fma chain over the vectors,
+// a masked tail, then the lane sum), whatever RW and RX are. pf, when not null, is the next
+// tile's W: its lines are prefetched as this tile's are read, so a memory stream overlaps the
+// FMAs (the hardware prefetcher alone leaves them serial; csrc/cpu/linear.cpp).
+template <int RW, int RX, typename T>
+void tile_dot(const T* x, const T* w, int64_t K, const T* b, T* out, int64_t ldo,
+              const T* pf = nullptr) {
   constexpr int64_t W = Vec<T>::size();
-  Vec<T> acc[R];
-  for (int r = 0; r < R; ++r) acc[r] = Vec<T>(T(0));
+  Vec<T> acc[RX][RW];
+  for (int r = 0; r < RX; ++r)
+    for (int j = 0; j < RW; ++j) acc[r][j] = Vec<T>(T(0));
   int64_t d = 0;
-  for (; d + W <= n; d += W) {
-    const Vec<T> kv = Vec<T>::loadu(k + d);
-    for (int r = 0; r < R; ++r) acc[r] = at::vec::fmadd(Vec<T>::loadu(q + r * n + d), kv, acc[r]);
+  for (; d + W <= K; d += W) {
+    Vec<T> wv[RW];
+    if (pf) {
+      for (int j = 0; j < RW; ++j) __builtin_prefetch(pf + j * K + d, 0, 3);
+    }
+    for (int j = 0; j < RW; ++j) wv[j] = Vec<T>::loadu(w + j * K + d);
+    for (int r = 0; r < RX; ++r) {
+      const Vec<T> xv = Vec<T>::loadu(x + r * K + d);
+      for (int j = 0; j < RW; ++j) acc[r][j] = at::vec::fmadd(xv, wv[j], acc[r][j]);
+    }
   }
-  if (d < n) {
-    const Vec<T> kv = Vec<T>::loadu(k + d, n - d);
-    for (int r = 0; r < R; ++r)
-      acc[r] = at::vec::fmadd(Vec<T>::loadu(q + r * n + d, n - d), kv, acc[r]);
+  if (d < K) {
+    Vec<T> wv[RW];
+    for (int j = 0; j < RW; ++j) wv[j] = Vec<T>::loadu(w + j * K + d, K - d);
+    for (int r = 0; r < RX; ++r) {
+      const Vec<T> xv = Vec<T>::loadu(x + r * K + d, K - d);
+      for (int j = 0; j < RW; ++j) acc[r][j] = at::vec::fmadd(xv, wv[j], acc[r][j]);
+    }
   }
-  for (int r = 0; r < R; ++r) out[r] = hsum(acc[r]);
+  for (int r = 0; r < RX; ++r)
+    for (int j = 0; j < RW; ++j) out[r * ldo + j] = hsum(acc[r][j]) + (b ? b[j] : T(0));
 }
 
-constexpr int64_t kDotRows = 8;  // most rows dot_rows takes at once
+constexpr int64_t kDotRows = 8;  // most rows of x a tile takes
 
-// dot_rows_fixed for 1 <= nr <= kDotRows rows.
+// tile_dot for 1 <= nx <= kDotRows rows of x.
+template <int RW, typename T>
+void tile_rows(const T* x, int64_t nx, const T* w, int64_t K, const T* b, T* out, int64_t ldo,
+               const T* pf = nullptr) {
+  switch (nx) {
+    case 1: return tile_dot<RW, 1>(x, w, K, b, out, ldo, pf);
+    case 2: return tile_dot<RW, 2>(x, w, K, b, out, ldo, pf);
+    case 3: return tile_dot<RW, 3>(x, w, K, b, out, ldo, pf);
+    case 4: return tile_dot<RW, 4>(x, w, K, b, out, ldo, pf);
+    case 5: return tile_dot<RW, 5>(x, w, K, b, out, ldo, pf);
+    case 6: return tile_dot<RW, 6>(x, w, K, b, out, ldo, pf);
+    case 7: return tile_dot<RW, 7>(x, w, K, b, out, ldo, pf);
+    default: return tile_dot<RW, 8>(x, w, K, b, out, ldo, pf);
+  }
+}
+
+// out[r] = q_r · k for 1 <= nr <= kDotRows rows q_r = q + r·n (each load of k feeds nr FMAs).
 template <typename T>
 void dot_rows(const T* q, int64_t nr, const T* k, int64_t n, T* out) {
-  switch (nr) {
-    case 1: return dot_rows_fixed<1>(q, k, n, out);
-    case 2: return dot_rows_fixed<2>(q, k, n, out);
-    case 3: return dot_rows_fixed<3>(q, k, n, out);
-    case 4: return dot_rows_fixed<4>(q, k, n, out);
-    case 5: return dot_rows_fixed<5>(q, k, n, out);
-    case 6: return dot_rows_fixed<6>(q, k, n, out);
-    case 7: return dot_rows_fixed<7>(q, k, n, out);
-    default: return dot_rows_fixed<8>(q, k, n, out);
-  }
+  tile_rows<1, T>(q, nr, k, n, nullptr, out, 1);
 }
 
 }  // namespace fastgen

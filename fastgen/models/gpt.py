@@ -29,6 +29,7 @@ from ..ops.attention import flash_attention
 from ..ops.linear import decode_linear, suits_kernel
 from ..ops.sampling import sample
 from ..ops.transformer import apply_rotary, rms_norm
+from ..reference.transformer import rotate_half
 
 __all__ = ["GPTConfig", "GPT", "GPTTrainResult", "train_gpt"]
 
@@ -69,9 +70,9 @@ def _rope_tables(cfg: GPTConfig):
 
 
 def _rope(x, cos, sin):
-    """x [..., T, D] with cos/sin [..., T, D] (rotate-half convention, as Llama)."""
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), -1) * sin
+    """x [..., T, D] with cos/sin [..., T, D] (rotate-half convention, as Llama; training and
+    prefill, where autograd needs it differentiable)."""
+    return x * cos + rotate_half(x) * sin
 
 
 class _Block(nn.Module):

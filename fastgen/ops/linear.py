@@ -5,9 +5,9 @@ model, so the step is bound by reading the weights. csrc/cpu/linear.cpp streams 
 register tiles of 4 weight rows x up to 4 rows of x (2 x 8 for 5-16 rows), the next tile
 prefetched while this one's FMAs run. Measured (BENCHMARKS.md, `fastgen bench --full --filter
 decode_linear`): on a 2-core Xeon, where ATen reaches the memory bandwidth for one row,
-parity there (0.87-1.14x ``F.linear``) and 1.1-2.4x for eight rows (1.68x over a whole Llama
-step's 85 projections); the earlier one-row-at-a-time version ran 2.2-2.7x ``F.linear`` for one
-row on a 2-core AMD EPYC whose ATen GEMM read small-M weights at half the bandwidth. Calls
+parity there (0.87-1.14x ``F.linear``) and 1.1-2.5x for eight rows (1.61-1.68x over a whole
+Llama step's 85 projections); the earlier one-row-at-a-time version ran 2.2-2.7x ``F.linear``
+for one row on a 2-core AMD EPYC whose ATen GEMM read small-M weights at half the bandwidth. Calls
 whose rows of x exceed 48 KiB go to ``F.linear``.
 
     fastgen/ops/linear.py        this file: checks, backends

@@ -157,10 +157,6 @@ if _ext.has_op("rms_norm"):
     torch.library.register_fake("fastgen::rotary")(_rope_fake)
 
 
-def _ref_rotary(q, k, cos, sin):
-    return _ref.rotary(q, k, cos, sin)
-
-
 _NORM = registry.register("rms_norm", [
     registry.Backend("triton", lambda x, w, eps: torch.ops.fastgen.rms_norm_triton(x, w, eps),
                      devices=("cuda", "cpu"), available=registry.triton_available,
@@ -180,5 +176,5 @@ _ROPE = registry.register("apply_rotary", [
     registry.Backend("cpu", lambda *a: torch.ops.fastgen.rotary(*a), devices=("cpu",),
                      available=functools.partial(_ext.native_available, "rotary"),
                      check=_grad, summary="csrc/cpu/transformer.cpp"),
-    registry.Backend("reference", _ref_rotary, summary="fastgen/reference/transformer.py"),
+    registry.Backend("reference", _ref.rotary, summary="fastgen/reference/transformer.py"),
 ])
