@@ -72,6 +72,17 @@ TORCH_LIBRARY(fastgen, m) {
   // Rotate-half rotary embedding of q [B, T, Hq, D] and k [B, T, Hk, D] by cos, sin [B, T, D]:
   // x·cos + rotate_half(x)·sin, rotate_half(x) = (−x[D/2:], x[:D/2]). Returns (q', k').
   m.def("rotary(Tensor q, Tensor k, Tensor cos, Tensor sin) -> (Tensor, Tensor)");
+  // Fused MLP without biases (fastgen/ops/mlp.py): h_0 = x [M, K], h_l = act(h_{l-1} W_lᵀ) for
+  // the hidden layers (weights[0 .. n-2], one width H), y = out_act(h_{n-1} W_{n-1}ᵀ) [M, O];
+  // act 0 None / 1 ReLU, out_act 0 None / 1 ReLU / 2 Sigmoid. Returns (y, hidden: the n-1
+  // hidden layers' outputs [M, H], kept for the backward).
+  m.def("mlp_fwd(Tensor x, Tensor[] weights, int activation, int output_activation)"
+        " -> (Tensor, Tensor[])");
+  // (grad_x (empty unless need_x), grad_weights) of mlp_fwd, from its y and hidden.
+  m.def(
+      "mlp_bwd(Tensor grad_y, Tensor x, Tensor[] weights, Tensor y, Tensor[] hidden,"
+      " int activation,"
+      " int output_activation, bool need_x) -> (Tensor, Tensor[])");
   // Ray-box slab test (fastgen/ops/raymarch.py): rays_o, rays_d [N, 3], aabbs [M, 6] (lo, hi)
   // -> (t_near [N, M], t_far [N, M], hit [N, M] bool: t_far > t_near).
   m.def("ray_aabb_intersect(Tensor rays_o, Tensor rays_d, Tensor aabbs) -> (Tensor, Tensor, Tensor)");

@@ -21,8 +21,9 @@ import torch
 from torch import nn
 
 from ..nn.hashgrid import HashGridEncoding
+from ..nn.mlp import FusedMLP
 
-__all__ = ["NeuralImage", "FitResult", "fit_image", "psnr"]
+__all__ = ["NeuralImage", "FitResult", "fit_image", "psnr", "adam"]
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -32,7 +33,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 class NeuralImage(nn.Module):
-    """HashGridEncoding(2-D) -> MLP (ReLU) -> channels.
+    """HashGridEncoding(2-D) -> FusedMLP (bias-free, ReLU; Instant-NGP's network) -> channels.
 
     Args:
         height, width: image size in pixels (sets the finest grid resolution).
@@ -42,7 +43,8 @@ class NeuralImage(nn.Module):
             (the finest level then has max(height, width) + 1 vertices per side: its
             float32 scale lands just above max(height, width) - 1; 513 for 512 x 512).
         hidden, n_hidden_layers: the MLP.
-        backend: hash-grid backend ("cpu", "cuda", "reference"); None picks the fastest.
+        backend: hash-grid backend ("cpu", "cuda", "reference"); None picks the fastest. The
+            MLP's is ``model.mlp.backend`` ("cpu", "reference"; None picks).
     """
 
     def __init__(self, height: int, width: int, channels: int = 3, *, n_levels: int = 16,
@@ -59,12 +61,7 @@ class NeuralImage(nn.Module):
         self.height, self.width, self.channels = int(height), int(width), int(channels)
         self.encoding = HashGridEncoding(2, n_levels, n_features_per_level, log2_hashmap_size,
                                          base_resolution, per_level_scale, backend=backend)
-        layers, width_in = [], self.encoding.n_output_dims
-        for _ in range(n_hidden_layers):
-            layers += [nn.Linear(width_in, hidden), nn.ReLU()]
-            width_in = hidden
-        layers.append(nn.Linear(width_in, channels))
-        self.mlp = nn.Sequential(*layers)
+        self.mlp = FusedMLP(self.encoding.n_output_dims, channels, hidden, n_hidden_layers)
 
     def forward(self, xy: torch.Tensor) -> torch.Tensor:
         """xy: [N, 2] (x = column, y = row) in [0, 1] -> [N, channels]."""
@@ -99,6 +96,13 @@ class FitResult:
         return 1e3 * self.seconds / max(self.steps, 1)
 
 
+def adam(params, lr: float = 1e-2) -> torch.optim.Adam:
+    """Instant-NGP's Adam (betas 0.9, 0.99, eps 1e-15), PyTorch's fused implementation: one
+    kernel over all parameters (on CPU ~13x faster than the default per-tensor loop measured
+    here: 0.32 vs 4.2 ms per step for this model's 476k parameters)."""
+    return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.99), eps=1e-15, fused=True)
+
+
 def fit_image(model: NeuralImage, image: torch.Tensor, *, seconds: Optional[float] = None,
               steps: Optional[int] = None, batch_size: int = 1 << 16, lr: float = 1e-2,
               eval_every_s: float = 5.0, seed: int = 0,
@@ -124,7 +128,7 @@ def fit_image(model: NeuralImage, image: torch.Tensor, *, seconds: Optional[floa
     target = image.to(device, torch.float32).reshape(-1, model.channels)
     coords = model.pixel_coords(device)
     gen = torch.Generator(device=device).manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.99), eps=1e-15)
+    opt = adam(model.parameters(), lr)
     history, step, trained, next_eval = [], 0, 0.0, eval_every_s
     while True:
         t0 = time.perf_counter()
@@ -132,7 +136,8 @@ def fit_image(model: NeuralImage, image: torch.Tensor, *, seconds: Optional[floa
         for group in opt.param_groups:
             group["lr"] = lr * 0.1 ** min(done_frac, 1.0)
         idx = torch.randint(0, coords.shape[0], (batch_size,), generator=gen, device=device)
-        loss = (model(coords[idx]) - target[idx]).square().mean()
+        # index_select: aten's advanced indexing took ~7 ms per gather of 2^16 rows here
+        loss = (model(coords.index_select(0, idx)) - target.index_select(0, idx)).square().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

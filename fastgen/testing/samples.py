@@ -204,6 +204,29 @@ def _decode_linear_samples(device) -> list[tuple]:
             (t(0, 6), t(3, 6), t(3))]
 
 
+def _mlp_fwd_samples(device) -> list[tuple]:
+    """(x, weights, activation, output_activation): one to three hidden layers, odd widths
+    (padding), ReLU / None / Sigmoid, float64, rows past a tile, no rows."""
+    def t(*shape, dtype=torch.float32):
+        return make_tensor(shape, dtype, device, requires_grad=True)
+
+    d = torch.float64
+    return [(t(20, 5), [t(8, 5), t(2, 8)], 1, 0),
+            (t(131, 3), [t(16, 3), t(16, 16), t(16, 16), t(7, 16)], 1, 2),
+            (t(9, 4, dtype=d), [t(6, 4, dtype=d), t(6, 6, dtype=d), t(1, 6, dtype=d)], 0, 1),
+            (t(0, 4), [t(8, 4), t(3, 8)], 1, 0)]
+
+
+def _mlp_bwd_samples(device) -> list[tuple]:
+    """mlp_bwd's arguments from mlp_fwd on its samples, with and without the input gradient."""
+    out = []
+    for i, (x, ws, act, out_act) in enumerate(_mlp_fwd_samples(device)):
+        x, ws = x.detach(), [w.detach() for w in ws]
+        y, hidden = torch.ops.fastgen.mlp_fwd(x, ws, act, out_act)
+        out.append((torch.randn_like(y), x, ws, y, hidden, act, out_act, i % 2 == 0))
+    return out
+
+
 def _rms_norm_samples(device) -> list[tuple]:
     """(x, weight, eps): a decode row, odd widths, a transposed x, bfloat16, float64, no rows."""
     def t(*shape, dtype=torch.float32):
@@ -297,6 +320,8 @@ OPCHECK_SAMPLES: dict[str, tuple[str, str, Callable[[str], list[tuple]]]] = {
     "fastgen::decode_attention": ("decode_attention", "cpu", _decode_samples),
     "fastgen::decode_attention_triton": ("decode_attention", "triton", _decode_samples),
     "fastgen::decode_linear": ("decode_linear", "cpu", _decode_linear_samples),
+    "fastgen::mlp_fwd": ("fused_mlp", "cpu", _mlp_fwd_samples),
+    "fastgen::mlp_bwd": ("fused_mlp", "cpu", _mlp_bwd_samples),
     "fastgen::rms_norm": ("rms_norm", "cpu", _rms_norm_samples),
     "fastgen::rms_norm_triton": ("rms_norm", "triton", _rms_norm_samples),
     "fastgen::rotary": ("apply_rotary", "cpu", _rotary_samples),

@@ -1,0 +1,397 @@
+// CPU kernels for the fused MLP (fastgen/ops/mlp.py; schemas in csrc/registration.cpp):
+//
+//   h_0 = x,  h_l = act(h_{l-1} W_lᵀ)  (l = 1 .. n_hidden),  y = out_act(h_n W_outᵀ)
+//
+// with no biases (tiny-cuda-nn's MLP). A small MLP on many rows (a NeRF's or a neural image's
+// 64-wide layers on 2^16 points) spends more time in PyTorch between its GEMMs than in them: each
+// layer's output and gradient makes a round trip through memory, ReLU and its backward are passes
+// of their own, and K = 3 or N = 3 GEMMs run far below peak. Here every layer of a tile of rows
+// runs back to back on buffers that stay in L1/L2, activations fused into the stores.
+//
+// The one inner kernel (micro) is an outer-product register tile: C[MR x 2 vectors] += A B, A
+// read as broadcast scalars (any strides: A or Aᵀ), B as vectors of a row-major matrix with
+// zero-padded columns. Forward: h_l = h_{l-1} · W_lᵀ (B = W_lᵀ packed). Backward: the input
+// gradient of a layer is d_l · W_l (B = W_l packed), the weight gradient d_lᵀ · h_{l-1} (A = d_l
+// transposed, B = the tile's h_{l-1}).
+//
+// Determinism: the backward splits the rows into chunks fixed by M alone (not by the thread
+// count); each chunk sums its weight gradient tile after tile in row order, and the chunks are
+// added in chunk order. So results are bitwise the same for any number of threads.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "cpu/vec_io.h"
+
+namespace fastgen {
+namespace {
+
+enum Act : int64_t { kNone = 0, kReLU = 1, kSigmoid = 2 };  // fastgen/ops/mlp.py ACTIVATIONS
+
+constexpr int kMR = 6;          // rows of a register tile (6 x 2 vectors: 12 accumulators)
+constexpr int64_t kTile = 96;   // rows of x a tile of the fused pass holds (a multiple of kMR)
+
+inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+// C[r, 0:2W] (+)= Σ_k A[r·ar + k·ak] · B[k·ldb + 0:2W] for r < MR, k < K. The accumulators are
+// named variables, not an array: GCC kept an array of Vectorized in memory (a store per FMA).
+#define FASTGEN_MLP_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5)
+template <int MR, typename T>
+inline void micro(const T* A, int64_t ar, int64_t ak, const T* B, int64_t ldb, int64_t K, T* C,
+                  int64_t ldc, bool accumulate) {
+  static_assert(MR >= 1 && MR <= 6, "micro: 1 to 6 rows");
+  constexpr int64_t W = Vec<T>::size();
+  const Vec<T> zero(T(0));
+#define FASTGEN_DECL(r) \
+  Vec<T> c##r##0 = zero, c##r##1 = zero;                                     \
+  if constexpr (MR > r) {                                                    \
+    if (accumulate) {                                                        \
+      c##r##0 = Vec<T>::loadu(C + r * ldc);                                  \
+      c##r##1 = Vec<T>::loadu(C + r * ldc + W);                              \
+    }                                                                        \
+  }
+  FASTGEN_MLP_ROWS(FASTGEN_DECL)
+#undef FASTGEN_DECL
+  for (int64_t k = 0; k < K; ++k) {
+    const Vec<T> b0 = Vec<T>::loadu(B + k * ldb);
+    const Vec<T> b1 = Vec<T>::loadu(B + k * ldb + W);
+#define FASTGEN_FMA(r)                                 \
+  if constexpr (MR > r) {                              \
+    const Vec<T> a(A[r * ar + k * ak]);                \
+    c##r##0 = at::vec::fmadd(a, b0, c##r##0);          \
+    c##r##1 = at::vec::fmadd(a, b1, c##r##1);          \
+  }
+    FASTGEN_MLP_ROWS(FASTGEN_FMA)
+#undef FASTGEN_FMA
+  }
+#define FASTGEN_STORE(r)             \
+  if constexpr (MR > r) {            \
+    (c##r##0).store(C + r * ldc);    \
+    (c##r##1).store(C + r * ldc + W);\
+  }
+  FASTGEN_MLP_ROWS(FASTGEN_STORE)
+#undef FASTGEN_STORE
+}
+#undef FASTGEN_MLP_ROWS
+
+// C[rows, 0:ncols] (+)= A[rows, K] · B[K, 0:ncols]; ncols a multiple of 2W (B and C zero-padded).
+template <typename T>
+void gemm(const T* A, int64_t ar, int64_t ak, int64_t rows, const T* B, int64_t ldb, int64_t K,
+          int64_t ncols, T* C, int64_t ldc, bool accumulate) {
+  constexpr int64_t CB = 2 * Vec<T>::size();
+  for (int64_t r0 = 0; r0 < rows; r0 += kMR) {
+    const int64_t mr = std::min<int64_t>(kMR, rows - r0);
+    for (int64_t c = 0; c < ncols; c += CB) {
+      const T* a = A + r0 * ar;
+      T* out = C + r0 * ldc + c;
+      switch (mr) {
+        case 1: micro<1>(a, ar, ak, B + c, ldb, K, out, ldc, accumulate); break;
+        case 2: micro<2>(a, ar, ak, B + c, ldb, K, out, ldc, accumulate); break;
+        case 3: micro<3>(a, ar, ak, B + c, ldb, K, out, ldc, accumulate); break;
+        case 4: micro<4>(a, ar, ak, B + c, ldb, K, out, ldc, accumulate); break;
+        case 5: micro<5>(a, ar, ak, B + c, ldb, K, out, ldc, accumulate); break;
+        default: micro<kMR>(a, ar, ak, B + c, ldb, K, out, ldc, accumulate); break;
+      }
+    }
+  }
+}
+
+template <typename T>
+inline T activate(T v, int64_t act) {
+  if (act == kReLU) return v > T(0) ? v : T(0);
+  if (act == kSigmoid) return T(1) / (T(1) + std::exp(-v));
+  return v;
+}
+
+// The derivative of act expressed through its output y, times g.
+template <typename T>
+inline T act_grad(T g, T y, int64_t act) {
+  if (act == kReLU) return y > T(0) ? g : T(0);
+  if (act == kSigmoid) return g * y * (T(1) - y);
+  return g;
+}
+
+// row[0:n] := act(row[0:n]), copied to h[0:n] (a hidden layer's output, kept for the backward).
+template <typename T>
+void activate_row(T* row, T* h, int64_t n, int64_t act) {
+  constexpr int64_t W = Vec<T>::size();
+  for_each_vector<W>(n, [&](int64_t i, int64_t len) {
+    Vec<T> v = Vec<T>::loadu(row + i, len);
+    if (act == kReLU) v = at::vec::maximum(v, Vec<T>(T(0)));
+    v.store(row + i, len);
+    v.store(h + i, len);
+  });
+}
+
+// g := h > 0 ? g : 0 over n entries (ReLU's backward through its output h; zero padding stays 0).
+template <typename T>
+void relu_grad_rows(T* g, const T* h, int64_t n) {
+  constexpr int64_t W = Vec<T>::size();
+  const Vec<T> zero(T(0));
+  for_each_vector<W>(n, [&](int64_t i, int64_t len) {
+    const Vec<T> gv = Vec<T>::loadu(g + i, len), hv = Vec<T>::loadu(h + i, len);
+    Vec<T>::blendv(zero, gv, hv > zero).store(g + i, len);
+  });
+}
+
+// The layers' shapes: widths[0] = input, widths[1 .. n_hidden] = hidden, widths.back() = output.
+struct Net {
+  std::vector<int64_t> widths, padded;  // padded: each width rounded up to 2W
+  int64_t n_layers() const { return int64_t(widths.size()) - 1; }
+  int64_t max_padded() const { return *std::max_element(padded.begin(), padded.end()); }
+};
+
+template <typename T>
+Net net_of(const at::TensorList& weights, int64_t in_dim) {
+  constexpr int64_t CB = 2 * Vec<T>::size();
+  Net net;
+  net.widths.push_back(in_dim);
+  for (const auto& w : weights) net.widths.push_back(w.size(0));
+  for (int64_t w : net.widths) net.padded.push_back(round_up(std::max<int64_t>(w, 1), CB));
+  return net;
+}
+
+// Wᵀ [K, Np] (forward) or W [N, Kp] (input gradient) of each layer, zero-padded columns.
+template <typename T>
+std::vector<std::vector<T>> pack(const at::TensorList& weights, const Net& net, bool transpose) {
+  std::vector<std::vector<T>> out;
+  for (int64_t l = 0; l < net.n_layers(); ++l) {
+    const int64_t N = net.widths[l + 1], K = net.widths[l];
+    const T* w = weights[l].data_ptr<T>();
+    if (transpose) {
+      const int64_t ld = net.padded[l + 1];
+      std::vector<T> p(K * ld, T(0));
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t k = 0; k < K; ++k) p[k * ld + n] = w[n * K + k];
+      out.push_back(std::move(p));
+    } else {
+      const int64_t ld = net.padded[l];
+      std::vector<T> p(N * ld, T(0));
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t k = 0; k < K; ++k) p[n * ld + k] = w[n * K + k];
+      out.push_back(std::move(p));
+    }
+  }
+  return out;
+}
+
+void check_inputs(const char* op, const at::Tensor& x, const at::TensorList& weights) {
+  TORCH_CHECK(x.device().is_cpu(), op, ": x must be a CPU tensor, got ", x.device());
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
+              ": x must be float32 or float64 on CPU, got ", x.scalar_type());
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), op, ": x must be a contiguous [M, K] tensor, got ",
+              x.sizes());
+  TORCH_CHECK(weights.size() >= 2, op, ": weights must hold at least 2 matrices (one hidden "
+              "layer), got ", weights.size());
+  int64_t k = x.size(1);
+  for (size_t l = 0; l < weights.size(); ++l) {
+    const auto& w = weights[l];
+    TORCH_CHECK(w.device().is_cpu() && w.scalar_type() == x.scalar_type(), op, ": weights[", l,
+                "] must be a CPU tensor of x's dtype ", x.scalar_type(), ", got ",
+                w.scalar_type(), " on ", w.device());
+    TORCH_CHECK(w.dim() == 2 && w.size(1) == k && w.size(0) >= 1 && w.is_contiguous(), op,
+                ": weights[", l, "] must be a contiguous [N, ", k, "] matrix, got ", w.sizes());
+    if (l + 1 < weights.size())
+      TORCH_CHECK(w.size(0) == weights[0].size(0), op, ": every hidden layer must have the "
+                  "same width ", weights[0].size(0), ", weights[", l, "] has ", w.size(0));
+    k = w.size(0);
+  }
+}
+
+void check_act(const char* op, int64_t act, int64_t out_act) {
+  TORCH_CHECK(act == kNone || act == kReLU, op, ": activation must be 0 (None) or 1 (ReLU), got ",
+              act);
+  TORCH_CHECK(out_act >= kNone && out_act <= kSigmoid, op, ": output_activation must be 0 "
+              "(None), 1 (ReLU) or 2 (Sigmoid), got ", out_act);
+}
+
+template <typename T>
+void forward(const at::Tensor& x, const at::TensorList& weights, int64_t act, int64_t out_act,
+             at::Tensor& y, std::vector<at::Tensor>& hidden) {
+  const Net net = net_of<T>(weights, x.size(1));
+  const auto wt = pack<T>(weights, net, /*transpose=*/true);
+  const int64_t M = x.size(0), L = net.n_layers(), H = net.widths[1], O = net.widths[L];
+  const int64_t ld = net.max_padded();
+  const T* xp = x.data_ptr<T>();
+  T* yp = y.data_ptr<T>();
+  std::vector<T*> hp;
+  for (auto& h : hidden) hp.push_back(h.data_ptr<T>());
+  const int64_t tiles = (M + kTile - 1) / kTile;
+  at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<T> buf_a(kTile * ld), buf_b(kTile * ld);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t m0 = t * kTile, rows = std::min(kTile, M - m0);
+      const T* in = xp + m0 * net.widths[0];
+      int64_t in_ld = net.widths[0];
+      T* out = buf_a.data();
+      for (int64_t l = 0; l < L; ++l) {
+        const int64_t N = net.widths[l + 1], Np = net.padded[l + 1];
+        gemm<T>(in, in_ld, 1, rows, wt[l].data(), Np, net.widths[l], Np, out, Np, false);
+        if (l + 1 < L) {
+          T* h = hp[l] + m0 * H;
+          for (int64_t r = 0; r < rows; ++r) activate_row(out + r * Np, h + r * H, N, act);
+          in = out;
+          in_ld = Np;
+          out = out == buf_a.data() ? buf_b.data() : buf_a.data();
+        } else {
+          for (int64_t r = 0; r < rows; ++r)
+            for (int64_t n = 0; n < O; ++n) yp[(m0 + r) * O + n] = activate(out[r * Np + n], out_act);
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void backward(const at::Tensor& grad_y, const at::Tensor& x, const at::TensorList& weights,
+              const at::Tensor& y, at::TensorList hidden, int64_t act_code, int64_t out_act,
+              bool need_x, at::Tensor& grad_x, std::vector<at::Tensor>& grad_w) {
+  const Net net = net_of<T>(weights, x.size(1));
+  const auto wp = pack<T>(weights, net, /*transpose=*/false);
+  const int64_t M = x.size(0), L = net.n_layers(), H = net.widths[1], O = net.widths[L];
+  const int64_t K0 = net.widths[0], ld = net.max_padded();
+  // Per-layer offsets into one chunk's weight-gradient block ([N_l, Kp_l] each).
+  std::vector<int64_t> goff(L + 1, 0);
+  for (int64_t l = 0; l < L; ++l) goff[l + 1] = goff[l] + net.widths[l + 1] * net.padded[l];
+  // Chunks fixed by M alone: at most 256, at least kTile·8 rows each.
+  const int64_t chunk = round_up(std::max<int64_t>(kTile * 8, (M + 255) / 256), kTile);
+  const int64_t chunks = std::max<int64_t>(1, (M + chunk - 1) / chunk);
+  std::vector<T> partial(chunks * goff[L], T(0));
+  const T *gyp = grad_y.data_ptr<T>(), *xp = x.data_ptr<T>(), *yp = y.data_ptr<T>();
+  std::vector<const T*> hp;
+  for (const auto& h : hidden) hp.push_back(h.data_ptr<T>());
+  T* gxp = need_x ? grad_x.data_ptr<T>() : nullptr;
+
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    // act[l]: the tile's h_l as [rows, padded] (the input rows themselves when the width needs
+    // no padding, else a zero-padded copy in acts[l]); d / d2: the gradient at a layer's output
+    // / input.
+    std::vector<std::vector<T>> acts(L);
+    std::vector<const T*> act(L);
+    for (auto& a : acts) a.assign(kTile * ld, T(0));
+    std::vector<T> d(kTile * ld, T(0)), d2(kTile * ld, T(0));
+    for (int64_t c = c0; c < c1; ++c) {
+      T* gw = partial.data() + c * goff[L];
+      const int64_t end = std::min(M, (c + 1) * chunk);
+      for (int64_t m0 = c * chunk; m0 < end; m0 += kTile) {
+        const int64_t rows = std::min(kTile, end - m0);
+        for (int64_t l = 0; l < L; ++l) {  // h_0 = x, h_l = hidden[l - 1]
+          const int64_t w = net.widths[l], p = net.padded[l];
+          const T* src = l == 0 ? xp + m0 * K0 : hp[l - 1] + m0 * H;
+          if (w == p) {
+            act[l] = src;
+            continue;
+          }
+          T* dst = acts[l].data();
+          act[l] = dst;
+          for (int64_t r = 0; r < rows; ++r) {
+            std::copy(src + r * w, src + r * w + w, dst + r * p);
+            std::fill(dst + r * p + w, dst + r * p + p, T(0));
+          }
+        }
+        const int64_t Op = net.padded[L];
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t n = 0; n < O; ++n)
+            d[r * Op + n] = act_grad(gyp[(m0 + r) * O + n], yp[(m0 + r) * O + n], out_act);
+        for (int64_t l = L - 1; l >= 0; --l) {
+          const int64_t N = net.widths[l + 1], Np = net.padded[l + 1];
+          const int64_t K = net.widths[l], Kp = net.padded[l];
+          // dW_l += d_lᵀ · h_l  (A = d transposed: row n, reduction over the tile's rows)
+          gemm<T>(d.data(), 1, Np, N, act[l], Kp, rows, Kp, gw + goff[l], Kp, true);
+          if (l == 0 && !need_x) break;
+          // gradient at the layer's input: d_l · W_l, then through the previous activation;
+          // x's gradient straight into grad_x when its width needs no padding
+          if (l == 0 && K == Kp) {
+            gemm<T>(d.data(), Np, 1, rows, wp[l].data(), Kp, N, Kp, gxp + m0 * K0, K0, false);
+            break;
+          }
+          gemm<T>(d.data(), Np, 1, rows, wp[l].data(), Kp, N, Kp, d2.data(), Kp, false);
+          if (l == 0) {
+            for (int64_t r = 0; r < rows; ++r)
+              std::copy(d2.data() + r * Kp, d2.data() + r * Kp + K, gxp + (m0 + r) * K0);
+          } else {
+            if (act_code == kReLU) relu_grad_rows(d2.data(), act[l], rows * Kp);
+            std::swap(d, d2);
+          }
+        }
+      }
+    }
+  });
+  // Chunks in order, in parallel over the weight-gradient entries.
+  for (int64_t l = 0; l < L; ++l) {
+    const int64_t N = net.widths[l + 1], K = net.widths[l], Kp = net.padded[l];
+    T* g = grad_w[l].data_ptr<T>();
+    at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
+      for (int64_t n = n0; n < n1; ++n)
+        for (int64_t k = 0; k < K; ++k) {
+          T s = T(0);
+          for (int64_t c = 0; c < chunks; ++c) s += partial[c * goff[L] + goff[l] + n * Kp + k];
+          g[n * K + k] = s;
+        }
+    });
+  }
+  (void)H;
+}
+
+std::tuple<at::Tensor, std::vector<at::Tensor>> mlp_fwd_cpu(const at::Tensor& x, at::TensorList weights,
+                                               int64_t activation, int64_t output_activation) {
+  check_inputs("fastgen::mlp_fwd", x, weights);
+  check_act("fastgen::mlp_fwd", activation, output_activation);
+  const int64_t M = x.size(0), L = weights.size(), H = weights[0].size(0);
+  auto y = at::empty({M, weights[L - 1].size(0)}, x.options());
+  // One tensor per hidden layer: [n-1, M, H] in one piece came to exactly glibc's largest
+  // mmap threshold (32 MiB) at M = 2^16, H = 64, and page-faulted in on every call.
+  std::vector<at::Tensor> hidden;
+  for (int64_t l = 0; l + 1 < L; ++l) hidden.push_back(at::empty({M, H}, x.options()));
+  if (M == 0) return {y, hidden};
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mlp_fwd", [&] {
+    forward<scalar_t>(x, weights, activation, output_activation, y, hidden);
+  });
+  return {y, hidden};
+}
+
+std::tuple<at::Tensor, std::vector<at::Tensor>> mlp_bwd_cpu(
+    const at::Tensor& grad_y, const at::Tensor& x, at::TensorList weights, const at::Tensor& y,
+    at::TensorList hidden, int64_t activation, int64_t output_activation, bool need_x) {
+  check_inputs("fastgen::mlp_bwd", x, weights);
+  check_act("fastgen::mlp_bwd", activation, output_activation);
+  const int64_t M = x.size(0), L = weights.size(), H = weights[0].size(0);
+  const auto O = weights[L - 1].size(0);
+  for (const auto* t : {&grad_y, &y}) {
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == x.scalar_type() &&
+                    t->sizes() == at::IntArrayRef({M, O}) && t->is_contiguous(),
+                "fastgen::mlp_bwd: grad_y and y must be contiguous [", M, ", ", O, "] CPU tensors "
+                "of x's dtype, got ", t->sizes(), " ", t->scalar_type());
+  }
+  TORCH_CHECK(int64_t(hidden.size()) == L - 1, "fastgen::mlp_bwd: hidden must hold the forward's ",
+              L - 1, " hidden-layer outputs, got ", hidden.size());
+  for (const auto& h : hidden) {
+    TORCH_CHECK(h.device().is_cpu() && h.scalar_type() == x.scalar_type() &&
+                    h.sizes() == at::IntArrayRef({M, H}) && h.is_contiguous(),
+                "fastgen::mlp_bwd: hidden must be the forward's contiguous [", M, ", ", H,
+                "] tensors, got ", h.sizes(), " ", h.scalar_type());
+  }
+  auto grad_x = need_x ? at::empty_like(x) : at::empty({0}, x.options());
+  std::vector<at::Tensor> grad_w;
+  for (const auto& w : weights) grad_w.push_back(M == 0 ? at::zeros_like(w) : at::empty_like(w));
+  if (M == 0) return {grad_x, grad_w};
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mlp_bwd", [&] {
+    backward<scalar_t>(grad_y, x, weights, y, hidden, activation, output_activation, need_x,
+                       grad_x, grad_w);
+  });
+  return {grad_x, grad_w};
+}
+
+}  // namespace
+}  // namespace fastgen
+
+TORCH_LIBRARY_IMPL(fastgen, CPU, m) {
+  m.impl("mlp_fwd", &fastgen::mlp_fwd_cpu);
+  m.impl("mlp_bwd", &fastgen::mlp_bwd_cpu);
+}

@@ -1,0 +1,183 @@
+"""fastgen.ops.fused_mlp and fastgen.nn.FusedMLP on every backend that runs here: values and
+gradients against a float64 truth (odd widths, one to four hidden layers, rows past a tile and a
+chunk, every activation), poisoned outputs, gradcheck and gradgradcheck, thread-count independence
+of the weight gradient, torch.compile, tcnn config dicts, and bad input."""
+
+import pytest
+import torch
+
+from fastgen.nn import FusedMLP
+from fastgen.ops import fused_mlp
+from fastgen.reference import mlp as ref
+from fastgen.testing import available_backends, devices
+from fastgen.testing.compare import poisoned
+
+CASES = [(d, b) for d in devices() for b in available_backends("fused_mlp", d)]
+NATIVE = [b for b in available_backends("fused_mlp", "cpu") if b != "reference"]
+
+
+def _net(K, H, n_out, n_hidden, dtype=torch.float64, gen=None):
+    widths = [K] + [H] * n_hidden + [n_out]
+    return [(torch.rand(o, i, generator=gen, dtype=dtype) * 2 - 1) * (3.0 / i) ** 0.5
+            for i, o in zip(widths[:-1], widths[1:])]
+
+
+def _values_and_grads(x, ws, backend, device, act, out_act, gy):
+    x = x.to(device).requires_grad_()
+    ws = [w.to(device).requires_grad_() for w in ws]
+    with poisoned():
+        y = fused_mlp(x, ws, activation=act, output_activation=out_act, backend=backend)
+        grads = torch.autograd.grad(y, [x, *ws], gy.to(device))
+    return [t.cpu() for t in (y, *grads)]
+
+
+@pytest.mark.parametrize("device,backend", CASES)
+@pytest.mark.parametrize("M,K,H,n_out,n_hidden", [(1, 2, 16, 3, 2), (96, 32, 64, 3, 2),
+                                              (1000, 5, 24, 17, 3), (7, 3, 8, 1, 1),
+                                              (2000, 16, 32, 4, 4), (97, 64, 128, 16, 1)])
+@pytest.mark.parametrize("act,out_act", [("ReLU", "None"), ("ReLU", "Sigmoid"), ("None", "ReLU")])
+def test_matches_float64_truth(device, backend, M, K, H, n_out, n_hidden, act, out_act, gen):
+    x = torch.randn(M, K, generator=gen, dtype=torch.float64)
+    ws = _net(K, H, n_out, n_hidden, gen=gen)
+    gy = torch.randn(M, n_out, generator=gen, dtype=torch.float64)
+    truth = _values_and_grads(x, ws, "reference", "cpu", act, out_act, gy)
+    got64 = _values_and_grads(x, ws, backend, device, act, out_act, gy)
+    got32 = _values_and_grads(x.float(), [w.float() for w in ws], backend, device, act, out_act,
+                              gy.float())
+    for g64, g32, t in zip(got64, got32, truth):
+        assert g32.dtype == torch.float32 and g32.shape == t.shape
+        torch.testing.assert_close(g64, t, rtol=1e-12, atol=1e-12)
+        scale = t.abs().max().item() + 1e-30
+        assert (g32.double() - t).abs().max().item() <= 2e-5 * scale + 1e-6
+
+
+@pytest.mark.parametrize("device,backend", CASES)
+def test_leading_dims_views_and_no_rows(device, backend, gen):
+    ws = [w.float().to(device) for w in _net(6, 16, 2, 2, gen=gen)]
+    x = torch.randn(2, 3, 12, generator=gen).to(device)[..., ::2]       # non-contiguous [2, 3, 6]
+    y = fused_mlp(x, ws, backend=backend)
+    assert y.shape == (2, 3, 2)
+    torch.testing.assert_close(y, ref.fused_mlp(x, ws), rtol=2e-6, atol=1e-6)
+    empty = fused_mlp(x[:0], ws, backend=backend)
+    assert empty.shape == (0, 3, 2)
+    xe = torch.zeros(0, 6, device=device, requires_grad=True)
+    wr = [w.clone().requires_grad_() for w in ws]
+    fused_mlp(xe, wr, backend=backend).sum().backward()
+    assert all(w.grad is not None and not w.grad.any() for w in wr)
+
+
+@pytest.mark.parametrize("backend", NATIVE)
+def test_gradcheck_and_second_order(backend, gen):
+    x = torch.randn(13, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    ws = [w.requires_grad_() for w in _net(4, 8, 2, 2, gen=gen)]
+    for out_act in ("None", "ReLU", "Sigmoid"):
+        def f(x, *w, out_act=out_act):
+            return fused_mlp(x, list(w), output_activation=out_act, backend=backend)
+
+        assert torch.autograd.gradcheck(f, (x, *ws))
+        assert torch.autograd.gradgradcheck(f, (x, *ws))
+
+
+@pytest.mark.parametrize("backend", NATIVE)
+def test_input_without_grad_and_partial_graphs(backend, gen):
+    x = torch.randn(50, 3, generator=gen)
+    ws = [w.float().requires_grad_() for w in _net(3, 16, 2, 2, gen=gen)]
+    fused_mlp(x, ws, backend=backend).square().sum().backward()
+    want = [w.detach().clone().requires_grad_() for w in ws]
+    ref.fused_mlp(x, want).square().sum().backward()
+    for w, v in zip(ws, want):
+        torch.testing.assert_close(w.grad, v.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", NATIVE)
+def test_weight_gradient_independent_of_threads(backend, gen):
+    x = torch.randn(5000, 8, generator=gen)
+    ws = [w.float() for w in _net(8, 32, 3, 2, gen=gen)]
+    gy = torch.randn(5000, 3, generator=gen)
+    results = []
+    old = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            results.append(_values_and_grads(x, ws, backend, "cpu", "ReLU", "None", gy))
+    finally:
+        torch.set_num_threads(old)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("backend", NATIVE)
+def test_compiles_fullgraph(backend, gen):
+    x = torch.randn(40, 5, generator=gen, requires_grad=True)
+    ws = [w.float().requires_grad_() for w in _net(5, 16, 3, 2, gen=gen)]
+    f = torch.compile(lambda x, ws: fused_mlp(x, ws, output_activation="Sigmoid",
+                                              backend=backend), fullgraph=True)
+    y = f(x, ws)
+    torch.testing.assert_close(y, ref.fused_mlp(x, ws, "ReLU", "Sigmoid"), rtol=2e-6, atol=1e-6)
+    y.sum().backward()
+    assert x.grad is not None and all(w.grad is not None for w in ws)
+
+
+def test_module_and_tcnn_config(gen):
+    torch.manual_seed(int(torch.randint(0, 2**31, (), generator=gen)))
+    net = FusedMLP.from_tcnn_config(32, 3, {"otype": "FullyFusedMLP", "activation": "relu",
+                                            "output_activation": "None", "n_neurons": 64,
+                                            "n_hidden_layers": 2})
+    assert (net.n_input_dims, net.n_output_dims, net.n_neurons, net.n_hidden_layers) == (32, 3, 64,
+                                                                                          2)
+    assert net.activation == "ReLU" and net.n_params == 32 * 64 + 64 * 64 + 64 * 3
+    assert [tuple(w.shape) for w in net.weights] == [(64, 32), (64, 64), (3, 64)]
+    bound = (6.0 / (64 + 64)) ** 0.5
+    assert 0.5 * bound < net.weights[1].abs().max().item() <= bound   # Xavier uniform
+    x = torch.rand(10, 32, generator=gen)
+    torch.testing.assert_close(net(x), ref.fused_mlp(x, list(net.weights)), rtol=2e-6, atol=1e-6)
+    net.backend = "reference"
+    torch.testing.assert_close(net(x), ref.fused_mlp(x, list(net.weights)))
+    assert FusedMLP.from_tcnn_config(3, 1, {"otype": "CutlassMLP"}).n_hidden_layers == 2
+    with pytest.raises(ValueError, match="feedback_alignment"):
+        FusedMLP.from_tcnn_config(3, 1, {"otype": "CutlassMLP", "feedback_alignment": True})
+    with pytest.raises(ValueError, match="otype"):
+        FusedMLP.from_tcnn_config(3, 1, {"otype": "MegakernelMLP"})
+    with pytest.raises(ValueError, match="activation"):
+        FusedMLP.from_tcnn_config(3, 1, {"activation": "Tanh"})
+    with pytest.raises(ValueError, match="n_hidden_layers"):
+        FusedMLP(3, 1, n_hidden_layers=0)
+    with pytest.raises(TypeError, match="dict"):
+        FusedMLP.from_tcnn_config(3, 1, [("otype", "FullyFusedMLP")])
+
+
+def test_bad_input(gen):
+    x = torch.randn(4, 3, generator=gen)
+    ws = [torch.randn(8, 3, generator=gen), torch.randn(2, 8, generator=gen)]
+    with pytest.raises(TypeError, match="x must be"):
+        fused_mlp(x.long(), ws)
+    with pytest.raises(TypeError, match="weights\\[1\\] is torch.float64"):
+        fused_mlp(x, [ws[0], ws[1].double()])
+    with pytest.raises(ValueError, match="weights\\[0\\] must be \\[N, 3\\]"):
+        fused_mlp(x, [torch.randn(8, 4), ws[1]])
+    with pytest.raises(ValueError, match="weights\\[1\\] must be \\[N, 8\\]"):
+        fused_mlp(x, [ws[0], torch.randn(2, 7)])
+    with pytest.raises(ValueError, match="at least 2"):
+        fused_mlp(x, ws[:1])
+    with pytest.raises(ValueError, match="one width"):
+        fused_mlp(x, [ws[0], torch.randn(9, 8), torch.randn(2, 9)])
+    with pytest.raises(ValueError, match="activation must be one of"):
+        fused_mlp(x, ws, activation="Sigmoid")
+    with pytest.raises(ValueError, match="output_activation must be one of"):
+        fused_mlp(x, ws, output_activation="Tanh")
+    with pytest.raises(ValueError, match="scalar"):
+        fused_mlp(torch.tensor(1.0), ws)
+    with pytest.raises(TypeError, match="weights\\[0\\] must be a torch.Tensor"):
+        fused_mlp(x, [None, ws[1]])
+    if NATIVE:
+        with pytest.raises(Exception, match="float32 and float64"):
+            fused_mlp(x.half(), [w.half() for w in ws], backend="cpu")
+        # the C++ op checks what the wrapper normally guarantees
+        with pytest.raises(RuntimeError, match="contiguous"):
+            torch.ops.fastgen.mlp_fwd(torch.randn(3, 8)[:, ::2], ws, 1, 0)
+        with pytest.raises(RuntimeError, match="output_activation"):
+            torch.ops.fastgen.mlp_fwd(x, ws, 1, 7)
+        y, hidden = torch.ops.fastgen.mlp_fwd(x, ws, 1, 0)
+        with pytest.raises(RuntimeError, match="hidden"):
+            torch.ops.fastgen.mlp_bwd(y, x, ws, y, [], 1, 0, True)
