@@ -51,11 +51,16 @@ def _mlp_case(device, backend, label, n, widths, tier) -> Case:
             return (y, *torch.autograd.grad(y, [s["x"], *s["ws"]], s["gy"]))
         return f
 
+    def truth(s):   # the reference in float64 on the same inputs
+        x = s["x"].detach().double().requires_grad_()
+        ws = [w.detach().double().requires_grad_() for w in s["ws"]]
+        return run(reference)({"x": x, "ws": ws, "gy": s["gy"].double()})
+
     macs = n * sum(i * o for i, o in zip(widths[:-1], widths[1:]))
     return Case(op="fused_mlp", name=f"{label} {n} rows fwd+bwd", device=device,
                 dtype=torch.float32, setup=setup,
                 fastgen=run(lambda x, ws: fused_mlp(x, ws, backend=backend)),
-                reference=run(reference), tier=tier, backend=backend, flops=6 * macs, items=n,
+                reference=run(reference), truth=truth, tier=tier, backend=backend, flops=6 * macs, items=n,
                 item="rows")
 
 
