@@ -75,9 +75,9 @@ TORCH_LIBRARY(fastgen, m) {
   // Fused MLP without biases (fastgen/ops/mlp.py): h_0 = x [M, K], h_l = act(h_{l-1} W_lᵀ) for
   // the hidden layers (weights[0 .. n-2], one width H), y = out_act(h_{n-1} W_{n-1}ᵀ) [M, O];
   // act 0 None / 1 ReLU, out_act 0 None / 1 ReLU / 2 Sigmoid. Returns (y, hidden: the n-1
-  // hidden layers' outputs [M, H], kept for the backward).
-  m.def("mlp_fwd(Tensor x, Tensor[] weights, int activation, int output_activation)"
-        " -> (Tensor, Tensor[])");
+  // hidden layers' outputs [M, H] for the backward; [0, H] each unless save_hidden).
+  m.def("mlp_fwd(Tensor x, Tensor[] weights, int activation, int output_activation,"
+        " bool save_hidden) -> (Tensor, Tensor[])");
   // (grad_x (empty unless need_x), grad_weights) of mlp_fwd, from its y and hidden.
   m.def(
       "mlp_bwd(Tensor grad_y, Tensor x, Tensor[] weights, Tensor y, Tensor[] hidden,"

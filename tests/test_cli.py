@@ -41,7 +41,7 @@ def test_demo_image_on_a_given_photo(tmp_path, capsys):
     assert main(["demo", "image", "--image", str(tmp_path / "p.png"), "--steps", "3",
                  "--batch-size", "256", "--reference-steps", "1", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "final PSNR" in text and "reference hash grid" in text and "step      3" in text
+    assert "final PSNR" in text and "reference kernels" in text and "step      3" in text
     for name in ("p_original.png", "p_fit.png", "p_side_by_side.png"):
         assert (out / name).stat().st_size > 100
     assert Image.open(out / "p_side_by_side.png").size == (40, 24)

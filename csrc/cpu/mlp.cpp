@@ -102,9 +102,11 @@ void gemm(const T* A, int64_t ar, int64_t ak, int64_t rows, const T* B, int64_t 
   }
 }
 
+// ReLU keeps NaN (as torch.relu); its backward passes the gradient unless the output is <= 0
+// (as torch's threshold_backward).
 template <typename T>
 inline T activate(T v, int64_t act) {
-  if (act == kReLU) return v > T(0) ? v : T(0);
+  if (act == kReLU) return v > T(0) || std::isnan(v) ? v : T(0);
   if (act == kSigmoid) return T(1) / (T(1) + std::exp(-v));
   return v;
 }
@@ -112,12 +114,13 @@ inline T activate(T v, int64_t act) {
 // The derivative of act expressed through its output y, times g.
 template <typename T>
 inline T act_grad(T g, T y, int64_t act) {
-  if (act == kReLU) return y > T(0) ? g : T(0);
+  if (act == kReLU) return y <= T(0) ? T(0) : g;
   if (act == kSigmoid) return g * y * (T(1) - y);
   return g;
 }
 
-// row[0:n] := act(row[0:n]), copied to h[0:n] (a hidden layer's output, kept for the backward).
+// row[0:n] := act(row[0:n]), copied to h[0:n] when h is not null (a hidden layer's output, kept
+// for the backward). at::vec::maximum propagates NaN, as torch.relu.
 template <typename T>
 void activate_row(T* row, T* h, int64_t n, int64_t act) {
   constexpr int64_t W = Vec<T>::size();
@@ -125,18 +128,18 @@ void activate_row(T* row, T* h, int64_t n, int64_t act) {
     Vec<T> v = Vec<T>::loadu(row + i, len);
     if (act == kReLU) v = at::vec::maximum(v, Vec<T>(T(0)));
     v.store(row + i, len);
-    v.store(h + i, len);
+    if (h) v.store(h + i, len);
   });
 }
 
-// g := h > 0 ? g : 0 over n entries (ReLU's backward through its output h; zero padding stays 0).
+// g := h <= 0 ? 0 : g over n entries (ReLU's backward through its output h).
 template <typename T>
 void relu_grad_rows(T* g, const T* h, int64_t n) {
   constexpr int64_t W = Vec<T>::size();
   const Vec<T> zero(T(0));
   for_each_vector<W>(n, [&](int64_t i, int64_t len) {
     const Vec<T> gv = Vec<T>::loadu(g + i, len), hv = Vec<T>::loadu(h + i, len);
-    Vec<T>::blendv(zero, gv, hv > zero).store(g + i, len);
+    Vec<T>::blendv(gv, zero, hv <= zero).store(g + i, len);
   });
 }
 
@@ -220,8 +223,8 @@ void forward(const at::Tensor& x, const at::TensorList& weights, int64_t act, in
   const int64_t ld = net.max_padded();
   const T* xp = x.data_ptr<T>();
   T* yp = y.data_ptr<T>();
-  std::vector<T*> hp;
-  for (auto& h : hidden) hp.push_back(h.data_ptr<T>());
+  std::vector<T*> hp;  // empty when the hidden outputs are not kept
+  for (auto& h : hidden) if (h.numel()) hp.push_back(h.data_ptr<T>());
   const int64_t tiles = (M + kTile - 1) / kTile;
   at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
     std::vector<T> buf_a(kTile * ld), buf_b(kTile * ld);
@@ -234,8 +237,9 @@ void forward(const at::Tensor& x, const at::TensorList& weights, int64_t act, in
         const int64_t N = net.widths[l + 1], Np = net.padded[l + 1];
         gemm<T>(in, in_ld, 1, rows, wt[l].data(), Np, net.widths[l], Np, out, Np, false);
         if (l + 1 < L) {
-          T* h = hp[l] + m0 * H;
-          for (int64_t r = 0; r < rows; ++r) activate_row(out + r * Np, h + r * H, N, act);
+          T* h = hp.empty() ? nullptr : hp[l] + m0 * H;
+          for (int64_t r = 0; r < rows; ++r)
+            activate_row(out + r * Np, h ? h + r * H : nullptr, N, act);
           in = out;
           in_ld = Np;
           out = out == buf_a.data() ? buf_b.data() : buf_a.data();
@@ -340,7 +344,8 @@ void backward(const at::Tensor& grad_y, const at::Tensor& x, const at::TensorLis
 }
 
 std::tuple<at::Tensor, std::vector<at::Tensor>> mlp_fwd_cpu(const at::Tensor& x, at::TensorList weights,
-                                               int64_t activation, int64_t output_activation) {
+                                               int64_t activation, int64_t output_activation,
+                                               bool save_hidden) {
   check_inputs("fastgen::mlp_fwd", x, weights);
   check_act("fastgen::mlp_fwd", activation, output_activation);
   const int64_t M = x.size(0), L = weights.size(), H = weights[0].size(0);
@@ -348,7 +353,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> mlp_fwd_cpu(const at::Tensor& x,
   // One tensor per hidden layer: [n-1, M, H] in one piece came to exactly glibc's largest
   // mmap threshold (32 MiB) at M = 2^16, H = 64, and page-faulted in on every call.
   std::vector<at::Tensor> hidden;
-  for (int64_t l = 0; l + 1 < L; ++l) hidden.push_back(at::empty({M, H}, x.options()));
+  for (int64_t l = 0; l + 1 < L; ++l)
+    hidden.push_back(at::empty({save_hidden ? M : 0, H}, x.options()));
   if (M == 0) return {y, hidden};
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mlp_fwd", [&] {
     forward<scalar_t>(x, weights, activation, output_activation, y, hidden);
@@ -363,19 +369,23 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> mlp_bwd_cpu(
   check_act("fastgen::mlp_bwd", activation, output_activation);
   const int64_t M = x.size(0), L = weights.size(), H = weights[0].size(0);
   const auto O = weights[L - 1].size(0);
-  for (const auto* t : {&grad_y, &y}) {
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"grad_y", &grad_y},
+                                 {"y", &y}}) {
     TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == x.scalar_type() &&
                     t->sizes() == at::IntArrayRef({M, O}) && t->is_contiguous(),
-                "fastgen::mlp_bwd: grad_y and y must be contiguous [", M, ", ", O, "] CPU tensors "
-                "of x's dtype, got ", t->sizes(), " ", t->scalar_type());
+                "fastgen::mlp_bwd: ", name, " must be a contiguous [", M, ", ", O, "] CPU tensor "
+                "of x's dtype ", x.scalar_type(), ", got ", t->sizes(), " ", t->scalar_type(),
+                t->is_contiguous() ? "" : " (not contiguous)");
   }
   TORCH_CHECK(int64_t(hidden.size()) == L - 1, "fastgen::mlp_bwd: hidden must hold the forward's ",
               L - 1, " hidden-layer outputs, got ", hidden.size());
-  for (const auto& h : hidden) {
+  for (size_t l = 0; l < hidden.size(); ++l) {
+    const auto& h = hidden[l];
     TORCH_CHECK(h.device().is_cpu() && h.scalar_type() == x.scalar_type() &&
                     h.sizes() == at::IntArrayRef({M, H}) && h.is_contiguous(),
-                "fastgen::mlp_bwd: hidden must be the forward's contiguous [", M, ", ", H,
-                "] tensors, got ", h.sizes(), " ", h.scalar_type());
+                "fastgen::mlp_bwd: hidden[", l, "] must be the forward's contiguous [", M, ", ", H,
+                "] CPU tensor of x's dtype (mlp_fwd with save_hidden=True), got ", h.sizes(), " ",
+                h.scalar_type());
   }
   auto grad_x = need_x ? at::empty_like(x) : at::empty({0}, x.options());
   std::vector<at::Tensor> grad_w;

@@ -60,8 +60,8 @@ def _mlp_case(device, backend, label, n, widths, tier) -> Case:
     return Case(op="fused_mlp", name=f"{label} {n} rows fwd+bwd", device=device,
                 dtype=torch.float32, setup=setup,
                 fastgen=run(lambda x, ws: fused_mlp(x, ws, backend=backend)),
-                reference=run(reference), truth=truth, tier=tier, backend=backend, flops=6 * macs, items=n,
-                item="rows")
+                reference=run(reference), truth=truth, tier=tier, backend=backend,
+                flops=6 * macs, items=n, item="rows")
 
 
 def _image_fit_case(device) -> Case:

@@ -42,7 +42,8 @@ class NeuralImage(nn.Module):
         per_level_scale: default grows base_resolution to max(height, width) over n_levels
             (the finest level then has max(height, width) + 1 vertices per side: its
             float32 scale lands just above max(height, width) - 1; 513 for 512 x 512).
-        hidden, n_hidden_layers: the MLP.
+        hidden, n_hidden_layers: the MLP (bias-free, n_hidden_layers >= 1; earlier versions
+            used biased nn.Linear layers, whose state_dicts do not load into this one).
         backend: hash-grid backend ("cpu", "cuda", "reference"); None picks the fastest. The
             MLP's is ``model.mlp.backend`` ("cpu", "reference"; None picks).
     """

@@ -110,5 +110,9 @@ class FusedMLP(nn.Module):
         if not isinstance(otype, str) or otype.lower() not in _OTYPES:
             raise ValueError(f"from_tcnn_config: otype must be FullyFusedMLP or CutlassMLP, got "
                              f"{otype!r}")
+        extra = sorted(set(kwargs) - {"dtype", "device", "backend"})
+        if extra:
+            raise TypeError(f"from_tcnn_config: keyword arguments are dtype, device and backend; "
+                            f"give {extra} in the config dict")
         args = {k: config[k] for k in _TCNN_KEYS - {"otype"} if k in config}
         return cls(n_input_dims, n_output_dims, **args, **kwargs)

@@ -43,6 +43,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from .. import _ext, registry
+from ._names import tcnn_choice
 from ..reference import hashgrid as _ref
 from ..reference.hashgrid import GRID_TYPES, INTERPOLATIONS, HashGridLevel, hashgrid_levels
 
@@ -73,12 +74,7 @@ def _int_arg(name: str, value, lo: int, hi: int) -> int:
 
 
 def _named(name: str, value, choices: tuple[str, ...]) -> str:
-    """tcnn matches these names case-insensitively; so do we."""
-    if isinstance(value, str):
-        for c in choices:
-            if c.lower() == value.lower():
-                return c
-    raise ValueError(f"hashgrid_encode: {name} must be one of {', '.join(choices)}; got {value!r}")
+    return tcnn_choice("hashgrid_encode", name, value, choices)
 
 
 def config(n_input_dims: int, n_levels: int, n_features_per_level: int, log2_hashmap_size: int,

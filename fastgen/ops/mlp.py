@@ -25,6 +25,7 @@ Second-order gradients (``create_graph=True``) go through the reference's autogr
 from __future__ import annotations
 
 import functools
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -32,6 +33,7 @@ import torch
 from .. import _ext, registry
 from ..reference import mlp as _ref
 from ..reference.mlp import ACTIVATIONS
+from ._names import tcnn_choice
 
 __all__ = ["fused_mlp", "ACTIVATIONS", "HIDDEN_ACTIVATIONS"]
 
@@ -41,11 +43,7 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 def activation_name(arg: str, value, choices: Sequence[str]) -> str:
     """The canonical spelling of an activation name (matched case-insensitively, as tcnn)."""
-    if isinstance(value, str):
-        for c in choices:
-            if c.lower() == value.lower():
-                return c
-    raise ValueError(f"fused_mlp: {arg} must be one of {tuple(choices)}, got {value!r}")
+    return tcnn_choice("fused_mlp", arg, value, choices)
 
 
 def fused_mlp(x: torch.Tensor, weights: Sequence[torch.Tensor], *, activation: str = "ReLU",
@@ -72,11 +70,13 @@ def fused_mlp(x: torch.Tensor, weights: Sequence[torch.Tensor], *, activation: s
         raise ValueError(f"{name}: x must be [..., K], got a scalar")
     act = activation_name("activation", activation, HIDDEN_ACTIVATIONS)
     out_act = activation_name("output_activation", output_activation, ACTIVATIONS)
-    weights = list(weights) if isinstance(weights, (list, tuple)) else weights
-    if not isinstance(weights, list) or len(weights) < 2:
-        got = len(weights) if isinstance(weights, list) else type(weights).__name__
-        raise ValueError(f"{name}: weights must be a list of at least 2 matrices (one hidden "
-                         f"layer), got {got}")
+    if isinstance(weights, torch.Tensor) or not hasattr(weights, "__iter__"):
+        raise TypeError(f"{name}: weights must be a sequence of matrices (a list, tuple or "
+                        f"ParameterList), got {type(weights).__name__}")
+    weights = list(weights)
+    if len(weights) < 2:
+        raise ValueError(f"{name}: weights must hold at least 2 matrices (one hidden layer), "
+                         f"got {len(weights)}")
     k = x.shape[-1]
     for i, w in enumerate(weights):
         if not isinstance(w, torch.Tensor):
@@ -94,7 +94,7 @@ def fused_mlp(x: torch.Tensor, weights: Sequence[torch.Tensor], *, activation: s
                              f"{weights[0].shape[0]}, weights[{i}] has {w.shape[0]}")
         k = w.shape[0]
     lead = x.shape[:-1]
-    x2 = x.reshape(-1, x.shape[-1])
+    x2 = x.reshape(math.prod(lead), x.shape[-1])
     args = (x2, weights, act, out_act)
     out = _OP.select(x.device.type, args, backend).fn(*args)
     return out.reshape(*lead, weights[-1].shape[0])
@@ -106,8 +106,9 @@ def _codes(act: str, out_act: str) -> tuple[int, int]:
     return ACTIVATIONS.index(act), ACTIVATIONS.index(out_act)
 
 
-def _fake_fwd(x, weights, activation, output_activation):
-    hidden = [x.new_empty(x.shape[0], weights[0].shape[0]) for _ in weights[:-1]]
+def _fake_fwd(x, weights, activation, output_activation, save_hidden):
+    rows = x.shape[0] if save_hidden else 0
+    hidden = [x.new_empty(rows, weights[0].shape[0]) for _ in weights[:-1]]
     return x.new_empty(x.shape[0], weights[-1].shape[0]), hidden
 
 
@@ -116,10 +117,13 @@ def _fake_bwd(grad_y, x, weights, y, hidden, activation, output_activation, need
 
 
 def _setup_fwd(ctx, inputs, output):
-    x, weights, activation, output_activation = inputs
+    x, weights, activation, output_activation, save_hidden = inputs
     y, hidden = output
-    # hidden is an internal output (the wrapper never returns it): no zero gradients built for it
+    # hidden is an internal output (the wrapper never returns it): no gradient flows through it,
+    # and no zero gradients are built for it
+    ctx.mark_non_differentiable(*hidden)
     ctx.set_materialize_grads(False)
+    ctx.saved = save_hidden
     ctx.n = len(weights)
     ctx.codes = (activation, output_activation)
     ctx.save_for_backward(x, y, *weights, *hidden)
@@ -139,11 +143,14 @@ def _backward_fwd(ctx, grad_y, grad_hidden):
                                              allow_unused=True))
         gx, *gw = [next(found) if t.requires_grad else None for t in (x, *weights)]
         gw = [g if g is not None else torch.zeros_like(w) for g, w in zip(gw, weights)]
-        return gx, gw, None, None
+        return gx, gw, None, None, None
+    if not ctx.saved:
+        raise RuntimeError("fused_mlp: mlp_fwd ran with save_hidden=False; its backward needs "
+                           "the hidden activations (call it with save_hidden=True)")
     need_x = ctx.needs_input_grad[0]
     gx, gw = torch.ops.fastgen.mlp_bwd(grad_y.contiguous(), x, weights, y, hidden, act, out_act,
                                        need_x)
-    return (gx if need_x else None), list(gw), None, None
+    return (gx if need_x else None), list(gw), None, None, None
 
 
 if _ext.has_op("mlp_fwd"):
@@ -155,8 +162,10 @@ if _ext.has_op("mlp_fwd"):
 # --- backends ----------------------------------------------------------------------------------
 
 def _run_cpu(x, weights, act, out_act):
+    # The hidden activations are kept only when a backward can follow.
+    save = torch.is_grad_enabled() and any(t.requires_grad for t in (x, *weights))
     y, _ = torch.ops.fastgen.mlp_fwd(x.contiguous(), [w.contiguous() for w in weights],
-                                     *_codes(act, out_act))
+                                     *_codes(act, out_act), save)
     return y
 
 

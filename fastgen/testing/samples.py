@@ -211,18 +211,20 @@ def _mlp_fwd_samples(device) -> list[tuple]:
         return make_tensor(shape, dtype, device, requires_grad=True)
 
     d = torch.float64
-    return [(t(20, 5), [t(8, 5), t(2, 8)], 1, 0),
-            (t(131, 3), [t(16, 3), t(16, 16), t(16, 16), t(7, 16)], 1, 2),
-            (t(9, 4, dtype=d), [t(6, 4, dtype=d), t(6, 6, dtype=d), t(1, 6, dtype=d)], 0, 1),
-            (t(0, 4), [t(8, 4), t(3, 8)], 1, 0)]
+    plain = lambda *shape: make_tensor(shape, torch.float32, device)  # noqa: E731
+    return [(t(20, 5), [t(8, 5), t(2, 8)], 1, 0, True),
+            (t(131, 3), [t(16, 3), t(16, 16), t(16, 16), t(7, 16)], 1, 2, True),
+            (t(9, 4, dtype=d), [t(6, 4, dtype=d), t(6, 6, dtype=d), t(1, 6, dtype=d)], 0, 1, True),
+            (t(0, 4), [t(8, 4), t(3, 8)], 1, 0, True),
+            (plain(17, 6), [plain(16, 6), plain(16, 16), plain(2, 16)], 1, 0, False)]
 
 
 def _mlp_bwd_samples(device) -> list[tuple]:
     """mlp_bwd's arguments from mlp_fwd on its samples, with and without the input gradient."""
     out = []
-    for i, (x, ws, act, out_act) in enumerate(_mlp_fwd_samples(device)):
+    for i, (x, ws, act, out_act, _) in enumerate(_mlp_fwd_samples(device)):
         x, ws = x.detach(), [w.detach() for w in ws]
-        y, hidden = torch.ops.fastgen.mlp_fwd(x, ws, act, out_act)
+        y, hidden = torch.ops.fastgen.mlp_fwd(x, ws, act, out_act, True)
         out.append((torch.randn_like(y), x, ws, y, hidden, act, out_act, i % 2 == 0))
     return out
 
