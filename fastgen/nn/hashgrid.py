@@ -17,6 +17,7 @@ import numpy
 import torch
 from torch import nn
 
+from ..ops._names import check_tcnn_config
 from ..ops.hashgrid import GRID_TYPES, INTERPOLATIONS, HashGridLevel, config, hashgrid_encode
 
 __all__ = ["HashGridEncoding"]
@@ -126,13 +127,7 @@ class HashGridEncoding(nn.Module):
         (CoherentPrime only). Any other key, or a value fastgen does not implement, raises a
         ValueError naming the key: a config never silently means something else.
         """
-        if not isinstance(config, Mapping):
-            raise TypeError(f"from_tcnn_config: config must be a dict, got "
-                            f"{type(config).__name__}")
-        unknown = sorted(set(config) - _TCNN_KEYS)
-        if unknown:
-            raise ValueError(f"from_tcnn_config: unsupported key(s) {unknown}; grid encodings "
-                             f"take {sorted(_TCNN_KEYS)}")
+        check_tcnn_config(config, _TCNN_KEYS, "grid encodings")
         otype = str(config.get("otype", "Grid"))
         if otype.lower() not in _OTYPES:
             raise ValueError(f"from_tcnn_config: otype must be HashGrid, DenseGrid, TiledGrid "

@@ -20,6 +20,7 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import nn
 
+from ..ops._names import check_tcnn_config
 from ..ops.mlp import ACTIVATIONS, HIDDEN_ACTIVATIONS, activation_name, fused_mlp
 
 __all__ = ["FusedMLP"]
@@ -99,13 +100,7 @@ class FusedMLP(nn.Module):
         default (64 neurons, 2 hidden layers, ReLU, None). Any other key or value raises a
         ValueError naming it. ``kwargs`` (dtype, device, backend) go to the constructor.
         """
-        if not isinstance(config, Mapping):
-            raise TypeError(f"from_tcnn_config: config must be a dict, got "
-                            f"{type(config).__name__}")
-        unknown = sorted(set(config) - _TCNN_KEYS)
-        if unknown:
-            raise ValueError(f"from_tcnn_config: unsupported key(s) {unknown}; networks take "
-                             f"{sorted(_TCNN_KEYS)}")
+        check_tcnn_config(config, _TCNN_KEYS, "networks")
         otype = config.get("otype", "FullyFusedMLP")
         if not isinstance(otype, str) or otype.lower() not in _OTYPES:
             raise ValueError(f"from_tcnn_config: otype must be FullyFusedMLP or CutlassMLP, got "
