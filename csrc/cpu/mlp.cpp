@@ -245,7 +245,8 @@ void forward(const at::Tensor& x, const at::TensorList& weights, int64_t act, in
           out = out == buf_a.data() ? buf_b.data() : buf_a.data();
         } else {
           for (int64_t r = 0; r < rows; ++r)
-            for (int64_t n = 0; n < O; ++n) yp[(m0 + r) * O + n] = activate(out[r * Np + n], out_act);
+            for (int64_t n = 0; n < O; ++n)
+              yp[(m0 + r) * O + n] = activate(out[r * Np + n], out_act);
         }
       }
     }
@@ -343,9 +344,9 @@ void backward(const at::Tensor& grad_y, const at::Tensor& x, const at::TensorLis
   (void)H;
 }
 
-std::tuple<at::Tensor, std::vector<at::Tensor>> mlp_fwd_cpu(const at::Tensor& x, at::TensorList weights,
-                                               int64_t activation, int64_t output_activation,
-                                               bool save_hidden) {
+std::tuple<at::Tensor, std::vector<at::Tensor>> mlp_fwd_cpu(
+    const at::Tensor& x, at::TensorList weights, int64_t activation, int64_t output_activation,
+    bool save_hidden) {
   check_inputs("fastgen::mlp_fwd", x, weights);
   check_act("fastgen::mlp_fwd", activation, output_activation);
   const int64_t M = x.size(0), L = weights.size(), H = weights[0].size(0);
