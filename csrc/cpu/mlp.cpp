@@ -341,7 +341,6 @@ void backward(const at::Tensor& grad_y, const at::Tensor& x, const at::TensorLis
         }
     });
   }
-  (void)H;
 }
 
 std::tuple<at::Tensor, std::vector<at::Tensor>> mlp_fwd_cpu(

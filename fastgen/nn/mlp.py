@@ -30,8 +30,10 @@ _OTYPES = ("fullyfusedmlp", "cutlassmlp")
 
 
 def _positive_int(name: str, value) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"FusedMLP: {name} must be a positive int, got {value!r}")
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"FusedMLP: {name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"FusedMLP: {name} must be >= 1, got {value}")
     return value
 
 

@@ -205,8 +205,9 @@ def _decode_linear_samples(device) -> list[tuple]:
 
 
 def _mlp_fwd_samples(device) -> list[tuple]:
-    """(x, weights, activation, output_activation): one to three hidden layers, odd widths
-    (padding), ReLU / None / Sigmoid, float64, rows past a tile, no rows."""
+    """(x, weights, activation, output_activation, save_hidden): one to three hidden layers, odd
+    widths (padding), ReLU / None / Sigmoid, float64, rows past a tile, no rows, and an inference
+    call that keeps no hidden activations."""
     def t(*shape, dtype=torch.float32):
         return make_tensor(shape, dtype, device, requires_grad=True)
 

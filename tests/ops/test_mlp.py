@@ -195,8 +195,10 @@ def test_module_and_tcnn_config(gen):
         FusedMLP.from_tcnn_config(3, 1, {"otype": "MegakernelMLP"})
     with pytest.raises(ValueError, match="activation"):
         FusedMLP.from_tcnn_config(3, 1, {"activation": "Tanh"})
-    with pytest.raises(ValueError, match="n_hidden_layers"):
+    with pytest.raises(ValueError, match="n_hidden_layers must be >= 1, got 0"):
         FusedMLP(3, 1, n_hidden_layers=0)
+    with pytest.raises(TypeError, match="n_neurons must be an int, got float"):
+        FusedMLP(3, 1, n_neurons=64.0)
     with pytest.raises(TypeError, match="dict"):
         FusedMLP.from_tcnn_config(3, 1, [("otype", "FullyFusedMLP")])
     with pytest.raises(TypeError, match="in the config dict"):
