@@ -19,6 +19,10 @@
 #include <tuple>
 #include <type_traits>
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 #include "common/hashgrid.h"
 #include "common/hashgrid_dispatch.h"
 
@@ -38,119 +42,185 @@ void check_cpu(const char* op, const at::Tensor& x, const at::Tensor& params) {
 // and its table row prefetched, then the rows are read (forward) or updated (backward). The
 // table of a hashed level (4 MB in the standard config) misses L2 on almost every corner; issuing
 // a block's misses together overlaps them instead of stalling on each in turn.
+//
+// float32 on an AVX2 build takes a vector path: the block's coordinates come from a transposed
+// copy of x (Points::xt, made once per call), the cell and corner math runs 8 points per
+// instruction, and with 2 features per level (every standard config) the forward gathers each
+// corner's pair of features as one 64-bit element for 4 points at a time. It is the shared core's
+// arithmetic lane by lane (the same fma, floor, products and uint32 index math in the same
+// order), so its entries, weights and outputs are bitwise those of the scalar path (tested).
 constexpr int kBlock = 32;
+static_assert(kBlock == 32, "valid bits are one uint32 per block");
+
+#if defined(__AVX2__) && defined(__FMA__)
+constexpr bool kAvx2 = true;
+#else
+constexpr bool kAvx2 = false;
+#endif
+
+// The points of one call: x [N, D] row-major, and for the vector path x transposed to
+// xt [D][stride] (stride = N rounded up to kBlock, padding NaN so tail lanes read as invalid).
+template <typename T>
+struct Points {
+  const T* x;
+  const float* xt = nullptr;
+  int64_t stride = 0;
+};
+
+// Whether this build and dtype take the vector path.
+template <typename T>
+constexpr bool vector_path() {
+  return kAvx2 && std::is_same<T, float>::value;
+}
+
+// xt for Points (see above); an empty tensor where the vector path does not apply.
+template <typename T>
+at::Tensor transpose_points(const at::Tensor& x) {
+  if constexpr (!vector_path<T>()) {
+    return at::Tensor();
+  } else {
+    const int64_t N = x.size(0), D = x.size(1);
+    const int64_t stride = (N + kBlock - 1) / kBlock * kBlock;
+    at::Tensor xt = at::empty({D, stride}, x.options());
+    const float* src = x.data_ptr<float>();
+    float* dst = xt.data_ptr<float>();
+    at::parallel_for(0, stride, 4096, [&](int64_t n0, int64_t n1) {
+      for (int64_t d = 0; d < D; ++d) {
+        for (int64_t n = n0; n < n1; ++n) {
+          dst[d * stride + n] = n < N ? src[n * D + d] : std::numeric_limits<float>::quiet_NaN();
+        }
+      }
+    });
+    return xt;
+  }
+}
+
+template <typename T>
+Points<T> points(const at::Tensor& x, const at::Tensor& xt) {
+  Points<T> p{x.data_ptr<T>()};
+  if (xt.defined()) {
+    p.xt = xt.data_ptr<float>();
+    p.stride = xt.size(1);
+  }
+  return p;
+}
 
 template <int D, typename T>
 struct CornerBlock {
   static constexpr int kMaxCorners = 1 << D;
-  uint32_t entry[kBlock][kMaxCorners];
-  T weight[kBlock][kMaxCorners];
-  bool valid[kBlock];
+  alignas(32) uint32_t entry[kMaxCorners][kBlock];  // [corner][point]
+  alignas(32) T weight[kMaxCorners][kBlock];
+  uint32_t valid;  // bit i: point n0 + i exists and its coordinates are not NaN
   int corners;
 
   // Corners of points n0 .. n0 + count of one level; prefetches row entry * F of `table` (for
   // writing when kWrite: the backward's read-modify-write then needs no ownership upgrade).
   template <int F, bool kWrite = false, typename P>
-  void fill(const T* x, int64_t n0, int count, const Levels& lv, int level, const P* table) {
+  void fill(const Points<T>& pts, int64_t n0, int count, const Levels& lv, int level,
+            const P* table) {
     corners = lv.interpolation == kNearest ? 1 : kMaxCorners;
-#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
-    if constexpr (std::is_same<T, float>::value) {
-      fill_simd(x, n0, count, lv, level);
+    if constexpr (vector_path<T>()) {
+      fill_simd(pts, n0, count, lv, level);
     } else {
-      fill_scalar(x, n0, count, lv, level);
+      fill_scalar(pts.x, n0, count, lv, level);
     }
-#else
-    fill_scalar(x, n0, count, lv, level);
-#endif
-    for (int i = 0; i < count; ++i) {
-      if (!valid[i]) continue;
-      for (int k = 0; k < corners; ++k) {
-        __builtin_prefetch(table + int64_t(entry[i][k]) * F, kWrite ? 1 : 0);
+    for (int k = 0; k < corners; ++k) {
+      for (int i = 0; i < count; ++i) {
+        if ((valid >> i) & 1u) {
+          __builtin_prefetch(table + int64_t(entry[k][i]) * F, kWrite ? 1 : 0);
+        }
       }
     }
   }
 
   void fill_scalar(const T* x, int64_t n0, int count, const Levels& lv, int level) {
+    valid = 0;
     for (int i = 0; i < count; ++i) {
       T xs[D];
       bool inside[D];
-      valid[i] = load_point<D, T>(x, n0 + i, xs, inside);
-      if (!valid[i]) continue;
+      if (!load_point<D, T>(x, n0 + i, xs, inside)) continue;
+      valid |= 1u << i;
       const Cell<D, T> c = locate<D, T>(xs, lv, level);
       int k = 0;
       for_each_corner<D, T>(c, lv, [&](uint32_t e, T w) {
-        entry[i][k] = e;
-        weight[i][k] = w;
+        entry[k][i] = e;
+        weight[k][i] = w;
         ++k;
       });
     }
   }
 
-#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
-  // fill_scalar's arithmetic, lane by lane, on Vectorized<float>: the same fma, floor, products
-  // and uint32 index math in the same order, so the entries and weights are bitwise those of
-  // the shared core (tests compare both paths). Only built where at::vec::fmadd is a true fma.
-  void fill_simd(const float* x, int64_t n0, int count, const Levels& lv, int level) {
-    using V = at::vec::Vectorized<float>;
-    using VI = at::vec::Vectorized<int32_t>;
-    constexpr int K = V::size();
-    static_assert(kBlock % K == 0, "the block must hold whole vectors");
+#if defined(__AVX2__) && defined(__FMA__)
+  void fill_simd(const Points<float>& pts, int64_t n0, int count, const Levels& lv, int level) {
     const float scale = lv.scale[level];
     const uint32_t res = level_resolution(scale);
     const uint32_t entries = lv.offset[level + 1] - lv.offset[level];
     const bool hashed = level_is_hashed<D>(res, entries, lv.use_hash);
     const bool pow2 = (entries & (entries - 1u)) == 0u;
-    const bool smooth = lv.interpolation == kSmoothstep;
-    alignas(64) float xt[D][kBlock];
-    for (int i = 0; i < kBlock; ++i) {
-      bool ok = i < count;
-      for (int d = 0; d < D; ++d) {
-        const float v = ok ? x[(n0 + i) * D + d] : 0.0f;
-        ok = ok && v == v;
-        xt[d][i] = v;
-      }
-      valid[i] = ok;
-      if (!ok) {
-        for (int d = 0; d < D; ++d) xt[d][i] = 0.0f;
-      }
+    // A dense index stays below (res + 1) * Σ_d m_d (every vertex coordinate <= res); when that
+    // is below 2 * entries (and 2^31), index % entries is one conditional subtraction.
+    uint64_t bound = 0;
+    uint32_t mult[D];
+    for (int d = 0; d < D; ++d) {
+      mult[d] = index_multiplier<D>(d, res, hashed);
+      bound += uint64_t(res + 1) * mult[d];
     }
-    alignas(64) int32_t idx[kBlock];
-    alignas(64) float wt[kBlock];
-    for (int i0 = 0; i0 < count; i0 += K) {
-      V w[D];
-      VI lo[D], hi[D];
+    const bool wrap_once = !pow2 && !hashed && bound < 2 * uint64_t(entries) &&
+                           bound < (uint64_t(1) << 31);
+    const bool smooth = lv.interpolation == kSmoothstep;
+    const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f);
+    valid = 0;
+    for (int i0 = 0; i0 < count; i0 += 8) {
+      __m256 w[D];
+      __m256i lo[D], hi[D];
+      __m256 ok = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
       for (int d = 0; d < D; ++d) {
-        const V v = at::vec::clamp(V::loadu(&xt[d][i0]), V(0.0f), V(1.0f));
-        V pos = at::vec::fmadd(V(scale), v, V(0.5f));
-        const V fl = pos.floor();
-        const VI base = at::vec::convert_to_int_of_same_size(fl);
-        pos = pos - fl;
-        w[d] = smooth ? pos * pos * (V(3.0f) - V(2.0f) * pos) : pos;
-        const VI m(static_cast<int32_t>(index_multiplier<D>(d, res, hashed)));
-        lo[d] = base * m;
-        hi[d] = lo[d] + m;
+        __m256 v = _mm256_loadu_ps(pts.xt + d * pts.stride + n0 + i0);
+        const __m256 ordered = _mm256_cmp_ps(v, v, _CMP_ORD_Q);
+        ok = _mm256_and_ps(ok, ordered);
+        v = _mm256_and_ps(v, ordered);  // NaN -> 0: the lane is computed, then ignored
+        v = _mm256_min_ps(one, _mm256_max_ps(zero, v));
+        __m256 pos = _mm256_fmadd_ps(_mm256_set1_ps(scale), v, _mm256_set1_ps(0.5f));
+        const __m256 fl = _mm256_floor_ps(pos);
+        const __m256i base = _mm256_cvttps_epi32(fl);
+        pos = _mm256_sub_ps(pos, fl);
+        w[d] = smooth ? _mm256_mul_ps(_mm256_mul_ps(pos, pos),
+                                      _mm256_sub_ps(_mm256_set1_ps(3.0f),
+                                                    _mm256_mul_ps(_mm256_set1_ps(2.0f), pos)))
+                      : pos;
+        const __m256i m = _mm256_set1_epi32(static_cast<int32_t>(mult[d]));
+        lo[d] = _mm256_mullo_epi32(base, m);
+        hi[d] = _mm256_add_epi32(lo[d], m);
       }
+      const int lanes = std::min(8, count - i0);
+      valid |= (uint32_t(_mm256_movemask_ps(ok)) & ((1u << lanes) - 1u)) << i0;
       for (int k = 0; k < corners; ++k) {
-        V wk(1.0f);
-        VI ix = (corners > 1 && (k & 1)) ? hi[0] : lo[0];
-        if (corners > 1) wk = wk * ((k & 1) ? w[0] : V(1.0f) - w[0]);
+        const bool interp = corners > 1;
+        __m256 wk = interp ? ((k & 1) ? w[0] : _mm256_sub_ps(one, w[0])) : one;
+        __m256i ix = (interp && (k & 1)) ? hi[0] : lo[0];
         for (int d = 1; d < D; ++d) {
-          const bool up = corners > 1 && ((k >> d) & 1);
-          ix = hashed ? (ix ^ (up ? hi[d] : lo[d])) : (ix + (up ? hi[d] : lo[d]));
-          if (corners > 1) wk = wk * (up ? w[d] : V(1.0f) - w[d]);
+          const bool up = interp && ((k >> d) & 1);
+          const __m256i t = up ? hi[d] : lo[d];
+          ix = hashed ? _mm256_xor_si256(ix, t) : _mm256_add_epi32(ix, t);
+          if (interp) wk = _mm256_mul_ps(wk, up ? w[d] : _mm256_sub_ps(one, w[d]));
         }
-        if (pow2) ix = ix & VI(static_cast<int32_t>(entries - 1u));
-        ix.store(idx);
-        wk.store(wt);
-        for (int j = 0; j < K; ++j) {
-          uint32_t e = static_cast<uint32_t>(idx[j]);
-          if (!pow2 && e >= entries) e %= entries;
-          entry[i0 + j][k] = e;
-          weight[i0 + j][k] = wt[j];
+        if (pow2) {
+          ix = _mm256_and_si256(ix, _mm256_set1_epi32(static_cast<int32_t>(entries - 1u)));
+        } else if (wrap_once) {
+          const __m256i e = _mm256_set1_epi32(static_cast<int32_t>(entries));
+          const __m256i over = _mm256_cmpgt_epi32(ix, _mm256_sub_epi32(e, _mm256_set1_epi32(1)));
+          ix = _mm256_sub_epi32(ix, _mm256_and_si256(over, e));
+        }
+        _mm256_store_si256(reinterpret_cast<__m256i*>(&entry[k][i0]), ix);
+        _mm256_store_ps(&weight[k][i0], wk);
+        if (!pow2 && !wrap_once) {
+          for (int j = 0; j < 8; ++j) entry[k][i0 + j] %= entries;
         }
       }
     }
   }
+#else
+  void fill_simd(const Points<T>&, int64_t, int, const Levels&, int) {}
 #endif
 
   // acc[f] = Σ_k w_k row_k[f] for point i, corners in order (C a constant: unrolled).
@@ -158,9 +228,84 @@ struct CornerBlock {
   void gather(int i, const T* table, T* acc) const {
     FASTGEN_UNROLL
     for (int k = 0; k < C; ++k) {
-      const T* row = table + int64_t(entry[i][k]) * F;
+      const T* row = table + int64_t(entry[k][i]) * F;
       FASTGEN_UNROLL
-      for (int f = 0; f < F; ++f) acc[f] = fused_mul_add(weight[i][k], row[f], acc[f]);
+      for (int f = 0; f < F; ++f) acc[f] = fused_mul_add(weight[k][i], row[f], acc[f]);
+    }
+  }
+
+#if defined(__AVX2__) && defined(__FMA__)
+  // The forward of the whole block for 2 features (float32): out[i * 2 + f] = Σ_k w_k row_k[f],
+  // NaN for invalid points. Each corner's rows are gathered as 64-bit (f0, f1) pairs, 4 points
+  // per gather, and the weights duplicated to match, so one fma serves 4 points x 2 features.
+  template <int C>
+  void gather_pairs(int count, const float* table, float* out) const {
+    const double* rows = reinterpret_cast<const double*>(table);
+    const __m256i dup_lo = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
+    const __m256i dup_hi = _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7);
+    const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    const __m256 nan = _mm256_set1_ps(std::numeric_limits<float>::quiet_NaN());
+    const __m256d all = _mm256_castsi256_pd(_mm256_set1_epi64x(-1));
+    for (int i0 = 0; i0 < count; i0 += 8) {
+      __m256 acc_lo = _mm256_setzero_ps(), acc_hi = _mm256_setzero_ps();
+      FASTGEN_UNROLL
+      for (int k = 0; k < C; ++k) {
+        const __m256i ix = _mm256_load_si256(reinterpret_cast<const __m256i*>(&entry[k][i0]));
+        const __m256 wk = _mm256_load_ps(&weight[k][i0]);
+        // The masked form with an explicit source: the plain one leaves it undefined, which
+        // gcc 12 reports as maybe-uninitialised.
+        const __m256 r_lo = _mm256_castpd_ps(_mm256_mask_i32gather_pd(
+            _mm256_setzero_pd(), rows, _mm256_castsi256_si128(ix), all, 8));
+        const __m256 r_hi = _mm256_castpd_ps(_mm256_mask_i32gather_pd(
+            _mm256_setzero_pd(), rows, _mm256_extracti128_si256(ix, 1), all, 8));
+        acc_lo = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(wk, dup_lo), r_lo, acc_lo);
+        acc_hi = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(wk, dup_hi), r_hi, acc_hi);
+      }
+      const __m256i bits = _mm256_set1_epi32(static_cast<int32_t>((valid >> i0) & 0xFFu));
+      const __m256 ok = _mm256_castsi256_ps(
+          _mm256_cmpeq_epi32(_mm256_and_si256(bits, lane_bit), lane_bit));
+      acc_lo = _mm256_blendv_ps(nan, acc_lo, _mm256_permutevar8x32_ps(ok, dup_lo));
+      acc_hi = _mm256_blendv_ps(nan, acc_hi, _mm256_permutevar8x32_ps(ok, dup_hi));
+      if (count - i0 >= 8) {
+        _mm256_storeu_ps(out + 2 * i0, acc_lo);
+        _mm256_storeu_ps(out + 2 * i0 + 8, acc_hi);
+      } else {
+        alignas(32) float buf[16];
+        _mm256_store_ps(buf, acc_lo);
+        _mm256_store_ps(buf + 8, acc_hi);
+        std::copy(buf, buf + 2 * (count - i0), out + 2 * i0);
+      }
+    }
+  }
+#endif
+
+  // The forward of the whole block: out[i * F + f], NaN for invalid points.
+  template <int F>
+  void forward(int count, const T* table, T* out) const {
+#if defined(__AVX2__) && defined(__FMA__)
+    if constexpr (F == 2 && std::is_same<T, float>::value) {
+      if (corners == 1) {
+        gather_pairs<1>(count, table, out);
+      } else {
+        gather_pairs<(1 << D)>(count, table, out);
+      }
+      return;
+    }
+#endif
+    for (int i = 0; i < count; ++i) {
+      T* y = out + int64_t(i) * F;
+      T acc[F] = {};
+      if (!((valid >> i) & 1u)) {
+        for (int f = 0; f < F; ++f) y[f] = std::numeric_limits<T>::quiet_NaN();
+        continue;
+      }
+      // The corner order and the fma chain are level_forward's (csrc/common/hashgrid.h).
+      if (corners == 1) {
+        gather<1, F>(i, table, acc);
+      } else {
+        gather<(1 << D), F>(i, table, acc);
+      }
+      for (int f = 0; f < F; ++f) y[f] = acc[f];
     }
   }
 
@@ -169,32 +314,79 @@ struct CornerBlock {
   void scatter(int i, const T* g, T* table_grad) const {
     FASTGEN_UNROLL
     for (int k = 0; k < C; ++k) {
-      T* row = table_grad + int64_t(entry[i][k]) * F;
+      T* row = table_grad + int64_t(entry[k][i]) * F;
       FASTGEN_UNROLL
-      for (int f = 0; f < F; ++f) row[f] += weight[i][k] * g[f];
+      for (int f = 0; f < F; ++f) row[f] += weight[k][i] * g[f];
     }
   }
 };
 
-// [N, L, F] <-> [L, N, F] copies, parallel over points: each point's row of L * F values is
-// read or written once, contiguously (torch's generic strided copy is ~3x slower for F = 2).
-template <typename T>
-void level_major_to_rows(const T* src, T* dst, int64_t N, int L, int F) {
-  at::parallel_for(0, N, kPointsPerTask, [&](int64_t n0, int64_t n1) {
-    for (int64_t n = n0; n < n1; ++n) {
-      for (int l = 0; l < L; ++l) {
-        for (int f = 0; f < F; ++f) dst[(n * L + l) * F + f] = src[(int64_t(l) * N + n) * F + f];
-      }
+// Points first .. last of one level in blocks of kBlock, software-pipelined: block b + 1 is
+// filled (its rows prefetched) before block b is used, so the prefetches have a whole block of
+// work to land in instead of the few instructions between a fill and its own use (the loads
+// stalled on them). use(block, n0, count) reads or updates the rows.
+template <int F, bool kWrite, int D, typename T, typename P, typename Use>
+void pipelined_blocks(CornerBlock<D, T> (&blk)[2], const Points<T>& x, int64_t first, int64_t last,
+                      const Levels& lv, int level, const P* table, Use&& use) {
+  auto count_at = [&](int64_t n0) {
+    return static_cast<int>(std::min<int64_t>(kBlock, last - n0));
+  };
+  if (first >= last) return;
+  blk[0].template fill<F, kWrite>(x, first, count_at(first), lv, level, table);
+  int cur = 0;
+  for (int64_t n0 = first; n0 < last; n0 += kBlock) {
+    const int64_t next = n0 + kBlock;
+    if (next < last) {
+      blk[cur ^ 1].template fill<F, kWrite>(x, next, count_at(next), lv, level, table);
     }
-  });
+    use(blk[cur], n0, count_at(n0));
+    cur ^= 1;
+  }
 }
 
+// dst[c][r] = src[r][c] for an R x C matrix of items of F values (a point's or a level's
+// features): the [L, N, F] <-> [N, L, F] copies around the level-major kernels. Parallel over the
+// longer side in 4 x 4 tiles; 8-byte items (2 float32 features) go through AVX2 register
+// transposes, 4 items of 4 rows in and 4 of 4 columns out (bit patterns copied, NaN included).
 template <typename T>
-void rows_to_level_major(const T* src, T* dst, int64_t N, int L, int F) {
-  at::parallel_for(0, N, kPointsPerTask, [&](int64_t n0, int64_t n1) {
-    for (int64_t n = n0; n < n1; ++n) {
-      for (int l = 0; l < L; ++l) {
-        for (int f = 0; f < F; ++f) dst[(int64_t(l) * N + n) * F + f] = src[(n * L + l) * F + f];
+void transpose_items(const T* src, T* dst, int64_t R, int64_t C, int F) {
+  auto tile = [&](int64_t r0, int64_t c0) {
+    const int64_t r1 = std::min(R, r0 + 4), c1 = std::min(C, c0 + 4);
+#if defined(__AVX2__)
+    if (sizeof(T) * F == 8 && r1 - r0 == 4 && c1 - c0 == 4) {
+      const double* s = reinterpret_cast<const double*>(src);
+      double* o = reinterpret_cast<double*>(dst);
+      const __m256d a0 = _mm256_loadu_pd(s + r0 * C + c0);
+      const __m256d a1 = _mm256_loadu_pd(s + (r0 + 1) * C + c0);
+      const __m256d a2 = _mm256_loadu_pd(s + (r0 + 2) * C + c0);
+      const __m256d a3 = _mm256_loadu_pd(s + (r0 + 3) * C + c0);
+      const __m256d t0 = _mm256_unpacklo_pd(a0, a1);  // a00 a10 a02 a12
+      const __m256d t1 = _mm256_unpackhi_pd(a0, a1);  // a01 a11 a03 a13
+      const __m256d t2 = _mm256_unpacklo_pd(a2, a3);  // a20 a30 a22 a32
+      const __m256d t3 = _mm256_unpackhi_pd(a2, a3);  // a21 a31 a23 a33
+      _mm256_storeu_pd(o + c0 * R + r0, _mm256_permute2f128_pd(t0, t2, 0x20));
+      _mm256_storeu_pd(o + (c0 + 1) * R + r0, _mm256_permute2f128_pd(t1, t3, 0x20));
+      _mm256_storeu_pd(o + (c0 + 2) * R + r0, _mm256_permute2f128_pd(t0, t2, 0x31));
+      _mm256_storeu_pd(o + (c0 + 3) * R + r0, _mm256_permute2f128_pd(t1, t3, 0x31));
+      return;
+    }
+#endif
+    for (int64_t r = r0; r < r1; ++r) {
+      for (int64_t c = c0; c < c1; ++c) {
+        for (int f = 0; f < F; ++f) dst[(c * R + r) * F + f] = src[(r * C + c) * F + f];
+      }
+    }
+  };
+  const bool by_columns = C >= R;
+  const int64_t tiles = (std::max(R, C) + 3) / 4, across = std::min(R, C);
+  at::parallel_for(0, tiles, kPointsPerTask / 4, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      for (int64_t s0 = 0; s0 < across; s0 += 4) {
+        if (by_columns) {
+          tile(s0, 4 * b);
+        } else {
+          tile(4 * b, s0);
+        }
       }
     }
   });
@@ -207,12 +399,12 @@ void rows_to_level_major(const T* src, T* dst, int64_t N, int L, int F) {
 // out: [L, N, F], level-major: each level's pass writes one contiguous stream (a [N, L * F]
 // output would be read for ownership and written back once per level: 16x the traffic).
 template <int D, int F, typename T>
-void forward_cpu(const T* x, const T* params, T* out, int64_t N, const Levels& levels) {
+void forward_cpu(const Points<T>& x, const T* params, T* out, int64_t N, const Levels& levels) {
   const int64_t groups = std::max<int64_t>(
       1, std::min<int64_t>(at::get_num_threads(), (N + kBlock - 1) / kBlock));
   at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
     const Levels lv = levels;  // a private copy: stores to the outputs cannot alias it
-    CornerBlock<D, T> blk;
+    CornerBlock<D, T> blk[2];
     for (int64_t group = begin; group < end; ++group) {
       // Group boundaries on block multiples, so blocks never straddle two groups.
       const int64_t blocks = (N + kBlock - 1) / kBlock;
@@ -220,25 +412,10 @@ void forward_cpu(const T* x, const T* params, T* out, int64_t N, const Levels& l
       const int64_t last = std::min(N, blocks * (group + 1) / groups * kBlock);
       for (int level = 0; level < lv.n_levels; ++level) {
         const T* table = params + int64_t(lv.offset[level]) * F;
-        for (int64_t n0 = first; n0 < last; n0 += kBlock) {
-          const int count = static_cast<int>(std::min<int64_t>(kBlock, last - n0));
-          blk.template fill<F>(x, n0, count, lv, level, table);
-          for (int i = 0; i < count; ++i) {
-            T* y = out + (int64_t(level) * N + n0 + i) * F;
-            T acc[F] = {};
-            if (!blk.valid[i]) {
-              for (int f = 0; f < F; ++f) y[f] = std::numeric_limits<T>::quiet_NaN();
-              continue;
-            }
-            // The corner order and the fma chain are level_forward's (csrc/common/hashgrid.h).
-            if (blk.corners == 1) {
-              blk.template gather<1, F>(i, table, acc);
-            } else {
-              blk.template gather<(1 << D), F>(i, table, acc);
-            }
-            for (int f = 0; f < F; ++f) y[f] = acc[f];
-          }
-        }
+        pipelined_blocks<F, false>(blk, x, first, last, lv, level, table,
+                                   [&](const CornerBlock<D, T>& b, int64_t n0, int count) {
+          b.template forward<F>(count, table, out + (int64_t(level) * N + n0) * F);
+        });
       }
     }
   });
@@ -270,30 +447,30 @@ inline std::vector<std::vector<int>> balance_levels(const Levels& lv, int F, int
 // level's gradient is zeroed by its owner just before its scatter, while it comes into cache.
 // grad_out: [L, N, F], level-major, for the same reason as the forward's output.
 template <int D, int F, typename T>
-void backward_params_cpu(const T* grad_out, const T* x, T* grad, int64_t N, const Levels& levels) {
+void backward_params_cpu(const T* grad_out, const Points<T>& x, T* grad, int64_t N,
+                         const Levels& levels) {
   const int bins = static_cast<int>(std::min<int64_t>(at::get_num_threads(), levels.n_levels));
   const auto owned = balance_levels(levels, F, sizeof(T), bins);
   at::parallel_for(0, bins, 1, [&](int64_t begin, int64_t end) {
     const Levels lv = levels;
-    CornerBlock<D, T> blk;
+    CornerBlock<D, T> blk[2];
     for (int64_t bin = begin; bin < end; ++bin) {
       for (const int level : owned[bin]) {
         T* table_grad = grad + int64_t(lv.offset[level]) * F;
         std::fill(table_grad, table_grad + int64_t(lv.offset[level + 1] - lv.offset[level]) * F,
                   T(0));
-        for (int64_t n0 = 0; n0 < N; n0 += kBlock) {
-          const int count = static_cast<int>(std::min<int64_t>(kBlock, N - n0));
-          blk.template fill<F, true>(x, n0, count, lv, level, table_grad);
+        pipelined_blocks<F, true>(blk, x, 0, N, lv, level, table_grad,
+                                  [&](const CornerBlock<D, T>& b, int64_t n0, int count) {
           for (int i = 0; i < count; ++i) {
-            if (!blk.valid[i]) continue;
+            if (!((b.valid >> i) & 1u)) continue;
             const T* g = grad_out + (int64_t(level) * N + n0 + i) * F;
-            if (blk.corners == 1) {
-              blk.template scatter<1, F>(i, g, table_grad);
+            if (b.corners == 1) {
+              b.template scatter<1, F>(i, g, table_grad);
             } else {
-              blk.template scatter<(1 << D), F>(i, g, table_grad);
+              b.template scatter<(1 << D), F>(i, g, table_grad);
             }
           }
-        }
+        });
       }
     }
   });
@@ -365,12 +542,14 @@ at::Tensor hashgrid_fwd_cpu(const at::Tensor& x, const at::Tensor& params,
   at::Tensor out = at::empty({int64_t(lv.n_levels), N, F}, params.options());
   at::Tensor rows = at::empty({N, int64_t(lv.n_levels) * F}, params.options());
   AT_DISPATCH_FLOATING_TYPES(params.scalar_type(), "hashgrid_fwd_cpu", [&] {
+    const at::Tensor xt = transpose_points<scalar_t>(x);
+    const Points<scalar_t> pts = points<scalar_t>(x, xt);
     dispatch_dims(x.size(1), F, [&](auto d, auto f) {
       forward_cpu<decltype(d)::value, decltype(f)::value, scalar_t>(
-          x.data_ptr<scalar_t>(), params.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), N, lv);
+          pts, params.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), N, lv);
     });
-    level_major_to_rows(out.data_ptr<scalar_t>(), rows.data_ptr<scalar_t>(), N, lv.n_levels,
-                        static_cast<int>(F));
+    transpose_items(out.data_ptr<scalar_t>(), rows.data_ptr<scalar_t>(), lv.n_levels, N,
+                    static_cast<int>(F));
   });
   return rows;
 }
@@ -402,9 +581,10 @@ std::tuple<at::Tensor, at::Tensor> hashgrid_bwd_cpu(
       constexpr int FF = decltype(f)::value;
       if (need_params_grad) {
         at::Tensor g = at::empty({int64_t(lv.n_levels), N, FF}, grad_out.options());
-        rows_to_level_major(grad_out.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), N,
-                            lv.n_levels, FF);
-        backward_params_cpu<D, FF, scalar_t>(g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
+        transpose_items(grad_out.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), N,
+                        int64_t(lv.n_levels), FF);
+        const at::Tensor xt = transpose_points<scalar_t>(x);
+        backward_params_cpu<D, FF, scalar_t>(g.data_ptr<scalar_t>(), points<scalar_t>(x, xt),
                                              grad_params.data_ptr<scalar_t>(), N, lv);
       }
       if (need_x_grad) {

@@ -279,25 +279,32 @@ def _edge_points(D, n, gen):
     return torch.where(use, torch.tensor(special, dtype=torch.float32)[pick], x).clamp(0, 1)
 
 
+@pytest.mark.parametrize("F", [1, 2])
 @pytest.mark.parametrize("interpolation", ["Linear", "Smoothstep", "Nearest"])
 @pytest.mark.parametrize("grid_type", ["Hash", "Dense"])
-@pytest.mark.parametrize("D", [2, 3])
-def test_cpu_simd_forward_is_bitwise_the_scalar_core(D, grid_type, interpolation, gen):
-    """The fp32 CPU forward (vectorised corner math) equals, bit for bit, the fma sequence over
-    the corners the scalar shared core lists (hashgrid_corners), at awkward coordinates."""
+@pytest.mark.parametrize("D", [2, 3, 4])
+def test_cpu_simd_forward_is_bitwise_the_scalar_core(D, grid_type, interpolation, F, gen):
+    """The fp32 CPU forward (vectorised corner math; for F = 2 also the paired 64-bit gathers)
+    equals, bit for bit, the fma sequence over the corners the scalar shared core lists
+    (hashgrid_corners), at awkward coordinates, with NaN points and a ragged last block."""
     n = 203
     x = _edge_points(D, n, gen)
-    kw = dict(SMALL, n_features_per_level=1, interpolation=interpolation, grid_type=grid_type)
+    x[[5, 200]] = float("nan")
+    kw = dict(SMALL, n_features_per_level=F, interpolation=interpolation, grid_type=grid_type)
     cfg = config(D, **{k: v for k, v in kw.items()})
     params = torch.randn(cfg.n_params, generator=gen)
-    y = torch.ops.fastgen.hashgrid_fwd(x, params, *_op_args(cfg))
+    y = torch.ops.fastgen.hashgrid_fwd(x, params, *_op_args(cfg)).view(n, -1, F)
+    table = params.view(-1, F)
     for level in range(len(cfg.levels)):
         index, weight = torch.ops.fastgen.hashgrid_corners(x, cfg.offsets, cfg.scales, level,
                                                            cfg.interpolation, cfg.use_hash)
-        acc = torch.zeros(n, dtype=torch.float32)
+        acc = torch.zeros(n, F, dtype=torch.float32)
         for k in range(index.shape[1]):  # fma in float32: exact float64 product, one rounding
-            acc = (weight[:, k].double() * params[index[:, k]].double() + acc.double()).float()
-        assert torch.equal(y[:, level], acc), f"level {level}"
+            acc = (weight[:, k, None].double() * table[index[:, k]].double()
+                   + acc.double()).float()
+        acc[[5, 200]] = float("nan")
+        assert torch.equal(y[:, level].isnan(), acc.isnan()), f"level {level}"
+        assert torch.equal(y[:, level].nan_to_num(), acc.nan_to_num()), f"level {level}"
 
 
 # --- bad input -----------------------------------------------------------------------------------
