@@ -112,6 +112,7 @@ struct CornerBlock {
   alignas(32) T weight[kMaxCorners][kBlock];
   uint32_t valid;  // bit i: point n0 + i exists and its coordinates are not NaN
   int corners;
+  bool int32_rows;  // every entry fits an int32 gather index (levels of <= 2^31 entries)
 
   // Corners of points n0 .. n0 + count of one level; prefetches row entry * F of `table` (for
   // writing when kWrite: the backward's read-modify-write then needs no ownership upgrade).
@@ -119,6 +120,7 @@ struct CornerBlock {
   void fill(const Points<T>& pts, int64_t n0, int count, const Levels& lv, int level,
             const P* table) {
     corners = lv.interpolation == kNearest ? 1 : kMaxCorners;
+    int32_rows = lv.offset[level + 1] - lv.offset[level] <= (uint32_t(1) << 31);
     if constexpr (vector_path<T>()) {
       fill_simd(pts, n0, count, lv, level);
     } else {
@@ -284,12 +286,14 @@ struct CornerBlock {
   void forward(int count, const T* table, T* out) const {
 #if defined(__AVX2__) && defined(__FMA__)
     if constexpr (F == 2 && std::is_same<T, float>::value) {
-      if (corners == 1) {
-        gather_pairs<1>(count, table, out);
-      } else {
-        gather_pairs<(1 << D)>(count, table, out);
+      if (int32_rows) {
+        if (corners == 1) {
+          gather_pairs<1>(count, table, out);
+        } else {
+          gather_pairs<(1 << D)>(count, table, out);
+        }
+        return;
       }
-      return;
     }
 #endif
     for (int i = 0; i < count; ++i) {
