@@ -16,6 +16,8 @@ _ext.load()
 from . import nn, ops, reference, registry  # noqa: E402  (ops register after the extension loads)
 from . import nerf  # noqa: E402
 from .generation import generate  # noqa: E402
+from ._ext import cpu_buffer_cache, empty_cpu_cache  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["ops", "nn", "nerf", "reference", "registry", "generate", "__version__"]
+__all__ = ["ops", "nn", "nerf", "reference", "registry", "generate", "cpu_buffer_cache",
+           "empty_cpu_cache", "__version__"]

@@ -114,3 +114,24 @@ def registered_ops() -> list[str]:
     import torch
 
     return sorted(n for n in torch._C._dispatch_get_all_op_names() if n.startswith("fastgen::"))
+
+
+def cpu_buffer_cache() -> dict:
+    """State of fastgen's cache of large CPU buffers (its ops' outputs and scratch of 1 MiB or
+    more are reused across calls instead of being faulted in fresh every time).
+
+    Keys: ``cached_bytes`` and ``cached_blocks`` (free, held for reuse), ``hits`` and ``misses``
+    (requests served from the cache / newly allocated), ``capacity_bytes`` (the most the cache
+    holds; set with the environment variable ``FASTGEN_CPU_POOL_MB`` before import, 0 turns it
+    off; default 512). Empty when the extension is not loaded.
+    """
+    mod = load()
+    return dict(mod.cpu_pool_stats()) if mod is not None else {}
+
+
+def empty_cpu_cache() -> None:
+    """Return every cached CPU buffer to the system (buffers in use are unaffected); the CPU
+    counterpart of ``torch.cuda.empty_cache``. A no-op without the extension."""
+    mod = load()
+    if mod is not None:
+        mod.cpu_pool_release()

@@ -27,6 +27,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "cpu/buffer_pool.h"
 #include "cpu/vec_io.h"
 
 namespace fastgen {
@@ -349,12 +350,13 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> mlp_fwd_cpu(
   check_inputs("fastgen::mlp_fwd", x, weights);
   check_act("fastgen::mlp_fwd", activation, output_activation);
   const int64_t M = x.size(0), L = weights.size(), H = weights[0].size(0);
-  auto y = at::empty({M, weights[L - 1].size(0)}, x.options());
-  // One tensor per hidden layer: [n-1, M, H] in one piece came to exactly glibc's largest
-  // mmap threshold (32 MiB) at M = 2^16, H = 64, and page-faulted in on every call.
+  auto y = cpu_pool::empty({M, weights[L - 1].size(0)}, x.options());
+  // One tensor per hidden layer ([n-1, M, H] in one piece came to exactly glibc's largest mmap
+  // threshold, 32 MiB, at M = 2^16, H = 64), from the buffer cache: fresh ones can be
+  // page-faulted in on every call.
   std::vector<at::Tensor> hidden;
   for (int64_t l = 0; l + 1 < L; ++l)
-    hidden.push_back(at::empty({save_hidden ? M : 0, H}, x.options()));
+    hidden.push_back(cpu_pool::empty({save_hidden ? M : 0, H}, x.options()));
   if (M == 0) return {y, hidden};
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mlp_fwd", [&] {
     forward<scalar_t>(x, weights, activation, output_activation, y, hidden);
@@ -387,7 +389,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> mlp_bwd_cpu(
                 "] CPU tensor of x's dtype (mlp_fwd with save_hidden=True), got ", h.sizes(), " ",
                 h.scalar_type());
   }
-  auto grad_x = need_x ? at::empty_like(x) : at::empty({0}, x.options());
+  auto grad_x = need_x ? cpu_pool::empty(x.sizes(), x.options()) : at::empty({0}, x.options());
   std::vector<at::Tensor> grad_w;
   for (const auto& w : weights) grad_w.push_back(M == 0 ? at::zeros_like(w) : at::empty_like(w));
   if (M == 0) return {grad_x, grad_w};
