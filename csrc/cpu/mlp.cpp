@@ -25,7 +25,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 #include "cpu/buffer_pool.h"
 #include "cpu/vec_io.h"
@@ -125,6 +130,22 @@ inline T act_grad(T g, T y, int64_t act) {
 template <typename T>
 void activate_row(T* row, T* h, int64_t n, int64_t act) {
   constexpr int64_t W = Vec<T>::size();
+#if defined(__AVX2__)
+  // The kept copy goes straight to memory (streaming stores): it is read again only by the
+  // backward, after the rest of the pass has evicted it, so writing it through the cache cost
+  // a read of every line too.
+  if constexpr (std::is_same<T, float>::value) {
+    if (h != nullptr && n % W == 0 && reinterpret_cast<uintptr_t>(h) % 32 == 0) {
+      for (int64_t i = 0; i < n; i += W) {
+        Vec<T> v = Vec<T>::loadu(row + i);
+        if (act == kReLU) v = at::vec::maximum(v, Vec<T>(T(0)));
+        v.store(row + i);
+        _mm256_stream_ps(h + i, __m256(v));
+      }
+      return;
+    }
+  }
+#endif
   for_each_vector<W>(n, [&](int64_t i, int64_t len) {
     Vec<T> v = Vec<T>::loadu(row + i, len);
     if (act == kReLU) v = at::vec::maximum(v, Vec<T>(T(0)));
@@ -251,6 +272,9 @@ void forward(const at::Tensor& x, const at::TensorList& weights, int64_t act, in
         }
       }
     }
+#if defined(__AVX2__)
+    _mm_sfence();  // the streaming stores of activate_row are visible before the task ends
+#endif
   });
 }
 
