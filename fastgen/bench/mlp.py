@@ -65,7 +65,7 @@ def _mlp_case(device, backend, label, n, widths, tier) -> Case:
 
 
 def _image_fit_case(device) -> Case:
-    from ..models.image import NeuralImage, adam
+    from ..models.image import NeuralImage, adam, pixel_samples, train_step
 
     batch = 1 << 16
 
@@ -75,8 +75,8 @@ def _image_fit_case(device) -> Case:
         slow = copy.deepcopy(fast)
         slow.encoding.backend = slow.mlp.backend = "reference"
         g = torch.Generator(device=device).manual_seed(0)
-        s = {"target": torch.rand(512 * 512, 3, generator=g, device=device),
-             "coords": fast.pixel_coords(device),
+        image = torch.rand(512, 512, 3, generator=g, device=device)
+        s = {"samples": pixel_samples(fast, image),
              "idx": torch.randint(0, 512 * 512, (batch,), generator=g, device=device)}
         for name, model in (("fast", fast), ("slow", slow)):
             s[name] = (model, adam(model.parameters()))
@@ -85,13 +85,7 @@ def _image_fit_case(device) -> Case:
     def step(name):
         def f(s):
             model, opt = s[name]
-            idx = s["idx"]
-            loss = (model(s["coords"].index_select(0, idx))
-                    - s["target"].index_select(0, idx)).square().mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            return (loss.detach(),)
+            return (train_step(model, opt, s["samples"], s["idx"]),)
         return f
 
     return Case(op="image_fit", name=f"train step 512x512 {batch} px (grid T2^15 + MLP + Adam)",

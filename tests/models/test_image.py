@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from fastgen.models import NeuralImage, fit_image, psnr
+from fastgen.models import NeuralImage, fit_image, pixel_samples, psnr, train_step
+from fastgen.models.image import adam
 
 
 def _picture(h, w, gen):
@@ -31,6 +32,22 @@ def test_fit_learns_the_picture(gen):
     assert result.psnr > before + 10 and result.psnr > 25, (before, result.psnr)
     assert result.psnr == pytest.approx(psnr(model.render(), img))
     assert result.ms_per_step > 0 and model.render().shape == (48, 40, 3)
+
+
+def test_train_step_is_the_l2_loss_on_the_chosen_pixels(gen):
+    img = _picture(12, 10, gen)
+    model = NeuralImage(12, 10, n_levels=4, log2_hashmap_size=8, hidden=16)
+    samples = pixel_samples(model, img)
+    assert samples.shape == (120, 5)
+    torch.testing.assert_close(samples[:, :2], model.pixel_coords(), rtol=0, atol=0)
+    torch.testing.assert_close(samples[:, 2:], img.reshape(-1, 3), rtol=0, atol=0)
+    idx = torch.randint(0, 120, (37,), generator=gen)
+    with torch.no_grad():
+        want = (model(model.pixel_coords()[idx]) - img.reshape(-1, 3)[idx]).square().mean()
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = train_step(model, adam(model.parameters()), samples, idx)
+    torch.testing.assert_close(loss, want)
+    assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
 
 
 def test_model_defaults_reach_the_image_resolution():
