@@ -8,7 +8,7 @@
 // of their own, and K = 3 or N = 3 GEMMs run far below peak. Here every layer of a tile of rows
 // runs back to back on buffers that stay in L1/L2, activations fused into the stores.
 //
-// The one inner kernel (micro) is an outer-product register tile: C[MR x 2 vectors] += A B, A
+// The one inner kernel (micro) is an outer-product register tile: C[MR x 1 or 2 vectors] += A B, A
 // read as broadcast scalars (any strides: A or Aᵀ), B as vectors of a row-major matrix with
 // zero-padded columns. Forward: h_l = h_{l-1} · W_lᵀ (B = W_lᵀ packed). Backward: the input
 // gradient of a layer is d_l · W_l (B = W_l packed), the weight gradient d_lᵀ · h_{l-1} (A = d_l
@@ -45,13 +45,15 @@ constexpr int64_t kTile = 96;   // rows of x a tile of the fused pass holds (a m
 
 inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
-// C[r, 0:2W] (+)= Σ_k A[r·ar + k·ak] · B[k·ldb + 0:2W] for r < MR, k < K. The accumulators are
-// named variables, not an array: GCC kept an array of Vectorized in memory (a store per FMA).
+// C[r, 0:NV·W] (+)= Σ_k A[r·ar + k·ak] · B[k·ldb + 0:NV·W] for r < MR, k < K (NV = 1 or 2
+// vectors). The accumulators are named variables, not an array: GCC kept an array of Vectorized
+// in memory (a store per FMA).
 #define FASTGEN_MLP_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5)
-template <int MR, typename T>
+template <int MR, int NV, typename T>
 inline void micro(const T* A, int64_t ar, int64_t ak, const T* B, int64_t ldb, int64_t K, T* C,
                   int64_t ldc, bool accumulate) {
   static_assert(MR >= 1 && MR <= 6, "micro: 1 to 6 rows");
+  static_assert(NV == 1 || NV == 2, "micro: 1 or 2 vectors per row");
   constexpr int64_t W = Vec<T>::size();
   const Vec<T> zero(T(0));
 #define FASTGEN_DECL(r) \
@@ -59,52 +61,59 @@ inline void micro(const T* A, int64_t ar, int64_t ak, const T* B, int64_t ldb, i
   if constexpr (MR > r) {                                                    \
     if (accumulate) {                                                        \
       c##r##0 = Vec<T>::loadu(C + r * ldc);                                  \
-      c##r##1 = Vec<T>::loadu(C + r * ldc + W);                              \
+      if constexpr (NV == 2) c##r##1 = Vec<T>::loadu(C + r * ldc + W);       \
     }                                                                        \
   }
   FASTGEN_MLP_ROWS(FASTGEN_DECL)
 #undef FASTGEN_DECL
   for (int64_t k = 0; k < K; ++k) {
     const Vec<T> b0 = Vec<T>::loadu(B + k * ldb);
-    const Vec<T> b1 = Vec<T>::loadu(B + k * ldb + W);
-#define FASTGEN_FMA(r)                                 \
-  if constexpr (MR > r) {                              \
-    const Vec<T> a(A[r * ar + k * ak]);                \
-    c##r##0 = at::vec::fmadd(a, b0, c##r##0);          \
-    c##r##1 = at::vec::fmadd(a, b1, c##r##1);          \
+    const Vec<T> b1 = NV == 2 ? Vec<T>::loadu(B + k * ldb + W) : zero;
+#define FASTGEN_FMA(r)                                                  \
+  if constexpr (MR > r) {                                               \
+    const Vec<T> a(A[r * ar + k * ak]);                                 \
+    c##r##0 = at::vec::fmadd(a, b0, c##r##0);                           \
+    if constexpr (NV == 2) c##r##1 = at::vec::fmadd(a, b1, c##r##1);    \
   }
     FASTGEN_MLP_ROWS(FASTGEN_FMA)
 #undef FASTGEN_FMA
   }
-#define FASTGEN_STORE(r)             \
-  if constexpr (MR > r) {            \
-    (c##r##0).store(C + r * ldc);    \
-    (c##r##1).store(C + r * ldc + W);\
+#define FASTGEN_STORE(r)                                  \
+  if constexpr (MR > r) {                                 \
+    (c##r##0).store(C + r * ldc);                         \
+    if constexpr (NV == 2) (c##r##1).store(C + r * ldc + W); \
   }
   FASTGEN_MLP_ROWS(FASTGEN_STORE)
 #undef FASTGEN_STORE
 }
 #undef FASTGEN_MLP_ROWS
 
-// C[rows, 0:ncols] (+)= A[rows, K] · B[K, 0:ncols]; ncols a multiple of 2W (B and C zero-padded).
+template <int NV, typename T>
+inline void micro_rows(int64_t mr, const T* a, int64_t ar, int64_t ak, const T* B, int64_t ldb,
+                       int64_t K, T* out, int64_t ldc, bool accumulate) {
+  switch (mr) {
+    case 1: micro<1, NV>(a, ar, ak, B, ldb, K, out, ldc, accumulate); break;
+    case 2: micro<2, NV>(a, ar, ak, B, ldb, K, out, ldc, accumulate); break;
+    case 3: micro<3, NV>(a, ar, ak, B, ldb, K, out, ldc, accumulate); break;
+    case 4: micro<4, NV>(a, ar, ak, B, ldb, K, out, ldc, accumulate); break;
+    case 5: micro<5, NV>(a, ar, ak, B, ldb, K, out, ldc, accumulate); break;
+    default: micro<kMR, NV>(a, ar, ak, B, ldb, K, out, ldc, accumulate); break;
+  }
+}
+
+// C[rows, 0:ncols] (+)= A[rows, K] · B[K, 0:ncols]; ncols a multiple of W (B and C zero-padded):
+// blocks of 2 vectors, then one of 1 (a 3-wide output layer pads to 8 columns, not 16).
 template <typename T>
 void gemm(const T* A, int64_t ar, int64_t ak, int64_t rows, const T* B, int64_t ldb, int64_t K,
           int64_t ncols, T* C, int64_t ldc, bool accumulate) {
-  constexpr int64_t CB = 2 * Vec<T>::size();
+  constexpr int64_t W = Vec<T>::size();
   for (int64_t r0 = 0; r0 < rows; r0 += kMR) {
     const int64_t mr = std::min<int64_t>(kMR, rows - r0);
-    for (int64_t c = 0; c < ncols; c += CB) {
-      const T* a = A + r0 * ar;
-      T* out = C + r0 * ldc + c;
-      switch (mr) {
-        case 1: micro<1>(a, ar, ak, B + c, ldb, K, out, ldc, accumulate); break;
-        case 2: micro<2>(a, ar, ak, B + c, ldb, K, out, ldc, accumulate); break;
-        case 3: micro<3>(a, ar, ak, B + c, ldb, K, out, ldc, accumulate); break;
-        case 4: micro<4>(a, ar, ak, B + c, ldb, K, out, ldc, accumulate); break;
-        case 5: micro<5>(a, ar, ak, B + c, ldb, K, out, ldc, accumulate); break;
-        default: micro<kMR>(a, ar, ak, B + c, ldb, K, out, ldc, accumulate); break;
-      }
-    }
+    const T* a = A + r0 * ar;
+    int64_t c = 0;
+    for (; c + 2 * W <= ncols; c += 2 * W)
+      micro_rows<2>(mr, a, ar, ak, B + c, ldb, K, C + r0 * ldc + c, ldc, accumulate);
+    if (c < ncols) micro_rows<1>(mr, a, ar, ak, B + c, ldb, K, C + r0 * ldc + c, ldc, accumulate);
   }
 }
 
@@ -167,14 +176,14 @@ void relu_grad_rows(T* g, const T* h, int64_t n) {
 
 // The layers' shapes: widths[0] = input, widths[1 .. n_hidden] = hidden, widths.back() = output.
 struct Net {
-  std::vector<int64_t> widths, padded;  // padded: each width rounded up to 2W
+  std::vector<int64_t> widths, padded;  // padded: each width rounded up to W
   int64_t n_layers() const { return int64_t(widths.size()) - 1; }
   int64_t max_padded() const { return *std::max_element(padded.begin(), padded.end()); }
 };
 
 template <typename T>
 Net net_of(const at::TensorList& weights, int64_t in_dim) {
-  constexpr int64_t CB = 2 * Vec<T>::size();
+  constexpr int64_t CB = Vec<T>::size();
   Net net;
   net.widths.push_back(in_dim);
   for (const auto& w : weights) net.widths.push_back(w.size(0));
