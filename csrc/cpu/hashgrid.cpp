@@ -401,15 +401,24 @@ void transpose_items(const T* src, T* dst, int64_t R, int64_t C, int F) {
       }
     }
   };
+  // The long side (points) in chunks of kChunk; within a chunk, 4 items of the short side
+  // (levels) at a time across the whole chunk: 4 sequential streams on the level-major side,
+  // while the chunk's point-major rows (kChunk x C x 8 bytes) stay in L2 for the 4 passes. (4 x 4
+  // tiles walked point by point kept all 16 level streams open at once: slower.)
+  constexpr int64_t kChunk = 512;
   const bool by_columns = C >= R;
-  const int64_t tiles = (std::max(R, C) + 3) / 4, across = std::min(R, C);
-  at::parallel_for(0, tiles, kPointsPerTask / 4, [&](int64_t b0, int64_t b1) {
+  const int64_t longer = std::max(R, C), across = std::min(R, C);
+  const int64_t chunks = (longer + kChunk - 1) / kChunk;
+  at::parallel_for(0, chunks, kPointsPerTask / kChunk, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
+      const int64_t p1 = std::min(longer, (b + 1) * kChunk);
       for (int64_t s0 = 0; s0 < across; s0 += 4) {
-        if (by_columns) {
-          tile(s0, 4 * b);
-        } else {
-          tile(4 * b, s0);
+        for (int64_t p0 = b * kChunk; p0 < p1; p0 += 4) {
+          if (by_columns) {
+            tile(s0, p0);
+          } else {
+            tile(p0, s0);
+          }
         }
       }
     }
