@@ -122,8 +122,10 @@ def cpu_buffer_cache() -> dict:
 
     Keys: ``cached_bytes`` and ``cached_blocks`` (free, held for reuse), ``hits`` and ``misses``
     (requests served from the cache / newly allocated), ``capacity_bytes`` (the most the cache
-    holds; set with the environment variable ``FASTGEN_CPU_POOL_MB`` before import, 0 turns it
-    off; default 512). Empty when the extension is not loaded.
+    holds: the environment variable ``FASTGEN_CPU_POOL_MB``, read once when the cache is first
+    used; 0 turns it off; default 512). Empty when the extension is not loaded. A malformed
+    ``FASTGEN_CPU_POOL_MB`` raises RuntimeError naming it (here and from the first op that
+    allocates a large CPU buffer).
     """
     mod = load()
     return dict(mod.cpu_pool_stats()) if mod is not None else {}

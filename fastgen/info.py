@@ -38,9 +38,28 @@ def collect() -> dict:
         "extension": {"loaded": _ext.available(), "reason": _ext.unavailable_reason(),
                       "compiled": _ext.compiled_info()},
         "cpu_threads": torch.get_num_threads(),
+        "cpu_buffer_cache": _cache_state(),
         "cuda": cuda,
         "backends": registry.describe(tuple(devices)),
     }
+
+
+def _cache_state() -> dict:
+    try:
+        return _ext.cpu_buffer_cache()
+    except RuntimeError as e:  # a malformed FASTGEN_CPU_POOL_MB
+        return {"error": str(e).splitlines()[0]}
+
+
+def _cache_line(c: dict) -> str:
+    if "error" in c:
+        return c["error"]
+    if not c:
+        return "none (extension not loaded)"
+    if c["capacity_bytes"] == 0:
+        return "off (FASTGEN_CPU_POOL_MB=0)"
+    return (f"up to {c['capacity_bytes'] >> 20} MiB (FASTGEN_CPU_POOL_MB), "
+            f"{c['cached_bytes'] / 2**20:.1f} MiB held, {c['hits']} reuses, {c['misses']} allocations")
 
 
 def format_info(info: dict) -> str:
@@ -60,6 +79,7 @@ def format_info(info: dict) -> str:
         f"devices: cpu ({info['cpu_threads']} threads)"
         + (", cuda: " + ", ".join(info["cuda"]["devices"]) if info["cuda"]["available"]
            else ", no CUDA device"),
+        "cpu buffer cache: " + _cache_line(info.get("cpu_buffer_cache") or {}),
         "",
         "backend per op (chosen without arguments; FASTGEN_BACKEND or backend= override):",
     ]

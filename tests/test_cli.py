@@ -12,14 +12,15 @@ def test_info_lists_versions_build_and_backends(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     for needle in ("torch", "triton", "numba", "build:", "loaded:", "devices: cpu",
-                   "bias_act     cpu   ->"):
+                   "bias_act     cpu   ->", "cpu buffer cache:"):
         assert needle in out, needle
 
 
 def test_info_json_is_machine_readable(capsys):
     assert main(["info", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert {"torch", "triton", "numba", "build", "extension", "backends"} <= set(info)
+    assert {"torch", "triton", "numba", "build", "extension", "backends",
+            "cpu_buffer_cache"} <= set(info)
     assert any(row["op"] == "bias_act" and row["device"] == "cpu" for row in info["backends"])
 
 
