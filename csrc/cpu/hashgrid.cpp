@@ -46,8 +46,8 @@ void check_cpu(const char* op, const at::Tensor& x, const at::Tensor& params) {
 //
 // float32 on an AVX2 build takes a vector path: the block's coordinates come from a transposed
 // copy of x (Points::xt, made once per call), the cell and corner math runs 8 points per
-// instruction, and with 2 features per level (every standard config) the forward gathers each
-// corner's pair of features as one 64-bit element for 4 points at a time. It is the shared core's
+// instruction, and with 2 features per level (every standard config) the forward loads each
+// corner's pair of features as one 64-bit element, 4 points to a vector. It is the shared core's
 // arithmetic lane by lane (the same fma, floor, products and uint32 index math in the same
 // order), so its entries, weights and outputs are bitwise those of the scalar path (tested).
 constexpr int kBlock = 32;
@@ -115,7 +115,6 @@ struct CornerBlock {
   alignas(32) T weight[kMaxCorners][kBlock];
   uint32_t valid;  // bit i: point n0 + i exists and its coordinates are not NaN
   int corners;
-  bool int32_rows;  // every entry fits an int32 gather index (levels of <= 2^31 entries)
 
   // Corners of points n0 .. n0 + count of one level; prefetches row entry * F of `table` (for
   // writing when kWrite: the backward's read-modify-write then needs no ownership upgrade).
@@ -123,7 +122,6 @@ struct CornerBlock {
   void fill(const Points<T>& pts, int64_t n0, int count, const Levels& lv, int level,
             const P* table) {
     corners = lv.interpolation == kNearest ? 1 : kMaxCorners;
-    int32_rows = lv.offset[level + 1] - lv.offset[level] <= (uint32_t(1) << 31);
     if constexpr (vector_path<T>()) {
       fill_simd(pts, n0, count, lv, level);
     } else {
@@ -245,8 +243,10 @@ struct CornerBlock {
 
 #if defined(__AVX2__) && defined(__FMA__)
   // The forward of the whole block for 2 features (float32): out[i * 2 + f] = Σ_k w_k row_k[f],
-  // NaN for invalid points. Each corner's rows are gathered as 64-bit (f0, f1) pairs, 4 points
-  // per gather, and the weights duplicated to match, so one fma serves 4 points x 2 features.
+  // NaN for invalid points. Each corner's rows are loaded as 64-bit (f0, f1) pairs, 4 points to a
+  // vector, and the weights duplicated to match, so one fma serves 4 points x 2 features. The
+  // pairs are 4 scalar loads per vector rather than one vgatherdpd: 12-15% faster forwards on
+  // the AMD EPYC (family 25) VM, measured A/B; and no int32 index limit.
   template <int C>
   void gather_pairs(int count, const float* table, float* out) const {
     const double* rows = reinterpret_cast<const double*>(table);
@@ -254,19 +254,19 @@ struct CornerBlock {
     const __m256i dup_hi = _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7);
     const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
     const __m256 nan = _mm256_set1_ps(std::numeric_limits<float>::quiet_NaN());
-    const __m256d all = _mm256_castsi256_pd(_mm256_set1_epi64x(-1));
     for (int i0 = 0; i0 < count; i0 += 8) {
       __m256 acc_lo = _mm256_setzero_ps(), acc_hi = _mm256_setzero_ps();
       FASTGEN_UNROLL
       for (int k = 0; k < C; ++k) {
-        const __m256i ix = _mm256_load_si256(reinterpret_cast<const __m256i*>(&entry[k][i0]));
+        const uint32_t* e = &entry[k][i0];  // every lane's entry is in range (tails included)
         const __m256 wk = _mm256_load_ps(&weight[k][i0]);
-        // The masked form with an explicit source: the plain one leaves it undefined, which
-        // gcc 12 reports as maybe-uninitialised.
-        const __m256 r_lo = _mm256_castpd_ps(_mm256_mask_i32gather_pd(
-            _mm256_setzero_pd(), rows, _mm256_castsi256_si128(ix), all, 8));
-        const __m256 r_hi = _mm256_castpd_ps(_mm256_mask_i32gather_pd(
-            _mm256_setzero_pd(), rows, _mm256_extracti128_si256(ix, 1), all, 8));
+        auto pairs = [&](int j) {
+          const __m128d a = _mm_loadh_pd(_mm_load_sd(rows + e[j]), rows + e[j + 1]);
+          const __m128d b = _mm_loadh_pd(_mm_load_sd(rows + e[j + 2]), rows + e[j + 3]);
+          return _mm256_castpd_ps(_mm256_insertf128_pd(_mm256_castpd128_pd256(a), b, 1));
+        };
+        const __m256 r_lo = pairs(0);
+        const __m256 r_hi = pairs(4);
         acc_lo = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(wk, dup_lo), r_lo, acc_lo);
         acc_hi = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(wk, dup_hi), r_hi, acc_hi);
       }
@@ -293,14 +293,12 @@ struct CornerBlock {
   void forward(int count, const T* table, T* out) const {
 #if defined(__AVX2__) && defined(__FMA__)
     if constexpr (F == 2 && std::is_same<T, float>::value) {
-      if (int32_rows) {
-        if (corners == 1) {
-          gather_pairs<1>(count, table, out);
-        } else {
-          gather_pairs<(1 << D)>(count, table, out);
-        }
-        return;
+      if (corners == 1) {
+        gather_pairs<1>(count, table, out);
+      } else {
+        gather_pairs<(1 << D)>(count, table, out);
       }
+      return;
     }
 #endif
     for (int i = 0; i < count; ++i) {
