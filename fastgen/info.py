@@ -59,7 +59,8 @@ def _cache_line(c: dict) -> str:
     if c["capacity_bytes"] == 0:
         return "off (FASTGEN_CPU_POOL_MB=0)"
     return (f"up to {c['capacity_bytes'] >> 20} MiB (FASTGEN_CPU_POOL_MB), "
-            f"{c['cached_bytes'] / 2**20:.1f} MiB held, {c['hits']} reuses, {c['misses']} allocations")
+            f"{c['cached_bytes'] / 2**20:.1f} MiB held, {c['hits']} reuses, "
+            f"{c['misses']} allocations")
 
 
 def format_info(info: dict) -> str:
