@@ -149,7 +149,8 @@ void activate_row(T* row, T* h, int64_t n, int64_t act) {
         Vec<T> v = Vec<T>::loadu(row + i);
         if (act == kReLU) v = at::vec::maximum(v, Vec<T>(T(0)));
         v.store(row + i);
-        _mm256_stream_ps(h + i, __m256(v));
+        // 8 floats per streaming store whatever the vector width (AVX-512 builds: W = 16)
+        for (int64_t j = i; j < i + W; j += 8) _mm256_stream_ps(h + j, _mm256_loadu_ps(row + j));
       }
       return;
     }
