@@ -13,6 +13,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 #include <limits>
 #include <utility>
 #include <vector>
@@ -249,7 +250,13 @@ struct CornerBlock {
   // the AMD EPYC (family 25) VM, measured A/B; and no int32 index limit.
   template <int C>
   void gather_pairs(int count, const float* table, float* out) const {
-    const double* rows = reinterpret_cast<const double*>(table);
+    // A row's 2 floats as one double, by memcpy (the table is float memory; compiles to a
+    // plain 64-bit load)
+    auto row = [table](uint32_t e) {
+      double v;
+      std::memcpy(&v, table + int64_t(e) * 2, sizeof(v));
+      return v;
+    };
     const __m256i dup_lo = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
     const __m256i dup_hi = _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7);
     const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
@@ -261,8 +268,8 @@ struct CornerBlock {
         const uint32_t* e = &entry[k][i0];  // every lane's entry is in range (tails included)
         const __m256 wk = _mm256_load_ps(&weight[k][i0]);
         auto pairs = [&](int j) {
-          const __m128d a = _mm_loadh_pd(_mm_load_sd(rows + e[j]), rows + e[j + 1]);
-          const __m128d b = _mm_loadh_pd(_mm_load_sd(rows + e[j + 2]), rows + e[j + 3]);
+          const __m128d a = _mm_set_pd(row(e[j + 1]), row(e[j]));
+          const __m128d b = _mm_set_pd(row(e[j + 3]), row(e[j + 2]));
           return _mm256_castpd_ps(_mm256_insertf128_pd(_mm256_castpd128_pd256(a), b, 1));
         };
         const __m256 r_lo = pairs(0);
@@ -323,13 +330,14 @@ struct CornerBlock {
   void scatter(int i, const T* g, T* table_grad) const {
 #if defined(__AVX2__) && defined(__FMA__)
     if constexpr (F == 2 && std::is_same<T, float>::value) {
-      const __m128 gv = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(g)));
+      // movq through __m128i (may_alias): the rows are float memory
+      const __m128 gv = _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(g)));
       FASTGEN_UNROLL
       for (int k = 0; k < C; ++k) {
-        double* row = reinterpret_cast<double*>(table_grad + int64_t(entry[k][i]) * 2);
+        auto* row = reinterpret_cast<__m128i*>(table_grad + int64_t(entry[k][i]) * 2);
         const __m128 r = _mm_fmadd_ps(_mm_set1_ps(weight[k][i]), gv,
-                                      _mm_castpd_ps(_mm_load_sd(row)));
-        _mm_store_sd(row, _mm_castps_pd(r));
+                                      _mm_castsi128_ps(_mm_loadl_epi64(row)));
+        _mm_storel_epi64(row, _mm_castps_si128(r));
       }
       return;
     }
