@@ -1,14 +1,19 @@
 // The CPU buffer cache of buffer_pool.h.
 #include "cpu/buffer_pool.h"
 
+#include <ATen/Context.h>
 #include <ATen/EmptyTensor.h>
+#include <ATen/native/TensorFactories.h>
 #include <c10/core/Allocator.h>
+#include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <cstdlib>
 #include <mutex>
 #include <new>
+#include <limits>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #if defined(__linux__)
@@ -27,8 +32,10 @@ std::int64_t capacity_from_env() {
   if (s == nullptr || *s == '\0') return std::int64_t(512) << 20;
   char* end = nullptr;
   long long mb = std::strtoll(s, &end, 10);
-  TORCH_CHECK(end != s && *end == '\0' && mb >= 0, "FASTGEN_CPU_POOL_MB must be a whole number "
-              "of megabytes >= 0 (0 turns fastgen's CPU buffer cache off), got '", s, "'");
+  TORCH_CHECK(end != s && *end == '\0' && mb >= 0 &&
+                  mb <= (std::numeric_limits<std::int64_t>::max() >> 20),
+              "FASTGEN_CPU_POOL_MB must be a whole number of megabytes >= 0 (0 turns fastgen's "
+              "CPU buffer cache off), got '", s, "'");
   return std::int64_t(mb) << 20;
 }
 
@@ -43,10 +50,15 @@ class Pool final : public c10::Allocator {
 
   std::int64_t capacity() const { return capacity_; }
 
+  // The DataPtr's context is the data pointer itself (as for PyTorch's own CPU allocations, which
+  // copy-on-write clones rely on); the block sizes of live buffers are kept in live_.
   c10::DataPtr allocate(std::size_t n) override {
     Block b = take(n);
-    auto* ctx = new Block(b);
-    return {b.ptr, ctx, &Pool::give_back, c10::Device(c10::DeviceType::CPU)};
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      live_[b.ptr] = b.bytes;
+    }
+    return {b.ptr, b.ptr, &Pool::give_back, c10::Device(c10::DeviceType::CPU)};
   }
 
   void copy_data(void* dest, const void* src, std::size_t count) const override {
@@ -96,7 +108,8 @@ class Pool final : public c10::Allocator {
       // The cache may be holding what the system cannot give: drop it and try once more.
       release();
       if (posix_memalign(&p, align, want) != 0 || p == nullptr) {
-        TORCH_CHECK(false, "fastgen CPU buffer: out of memory allocating ", want, " bytes");
+        TORCH_CHECK_WITH(OutOfMemoryError, false, "fastgen CPU buffer: out of memory allocating ",
+                         want, " bytes");
       }
     }
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
@@ -106,10 +119,14 @@ class Pool final : public c10::Allocator {
     return {p, want};
   }
 
-  void keep(Block b) {
+  void keep(void* ptr) {
     std::vector<Block> drop;
     {
       std::lock_guard<std::mutex> lock(mu_);
+      const auto it = live_.find(ptr);
+      TORCH_INTERNAL_ASSERT(it != live_.end(), "fastgen CPU buffer: freeing an unknown block");
+      const Block b{ptr, it->second};
+      live_.erase(it);
       if (std::int64_t(b.bytes) > capacity_) {
         drop.push_back(b);
       } else {
@@ -131,6 +148,7 @@ class Pool final : public c10::Allocator {
   const std::int64_t capacity_;
   std::mutex mu_;
   std::vector<Block> free_;  // oldest first
+  std::unordered_map<void*, std::size_t> live_;  // handed out: data pointer -> block bytes
   std::int64_t cached_ = 0;
   std::int64_t hits_ = 0;
   std::int64_t misses_ = 0;
@@ -142,12 +160,7 @@ Pool& pool() {
   return *p;
 }
 
-void Pool::give_back(void* ctx) {
-  auto* b = static_cast<Block*>(ctx);
-  Block copy = *b;
-  delete b;
-  pool().keep(copy);
-}
+void Pool::give_back(void* ctx) { pool().keep(ctx); }
 
 }  // namespace
 
@@ -158,8 +171,15 @@ at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
   const std::size_t bytes = std::size_t(numel) * options.dtype().itemsize();
   Pool& p = pool();
   if (bytes < kMinPooledBytes || p.capacity() == 0) return at::empty(sizes, options);
-  return at::detail::empty_generic(sizes, &p, c10::DispatchKeySet(c10::DispatchKey::CPU),
-                                   options.dtype().toScalarType(), c10::MemoryFormat::Contiguous);
+  at::Tensor t = at::detail::empty_generic(sizes, &p, c10::DispatchKeySet(c10::DispatchKey::CPU),
+                                           options.dtype().toScalarType(),
+                                           c10::MemoryFormat::Contiguous);
+  // as at::empty: deterministic mode fills uninitialised memory (NaN for floating types)
+  if (at::globalContext().deterministicAlgorithms() &&
+      at::globalContext().deterministicFillUninitializedMemory()) {
+    at::native::fill_empty_deterministic_(t);
+  }
+  return t;
 }
 
 Stats stats() { return pool().stats(); }

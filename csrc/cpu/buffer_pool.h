@@ -2,16 +2,19 @@
 //
 // A training step allocates the same few multi-megabyte tensors every iteration (the fused MLP's
 // hidden activations, the hash grid's outputs and gradients). Fresh ones come from the C library
-// as new pages, and the kernel zero-fills and maps each 4 KiB page on first touch: measured ~10 ms
-// of a ~60 ms image-fitting step on a 2-core VM. pooled_empty() hands out such buffers from a
-// process-wide cache of freed blocks instead, like PyTorch's CUDA caching allocator does on GPU.
+// as new pages whenever glibc's heuristics return the old ones to the system, and the kernel then
+// zero-fills and maps each 4 KiB page on first touch: ~10 ms of a 65-80 ms image-fitting step on
+// one 2-core VM (an A/B with glibc's mmap threshold), nothing on another. empty() hands out such
+// buffers from a process-wide cache of freed blocks instead, like PyTorch's CUDA caching
+// allocator does on GPU, so that cost does not depend on the C library.
 //
 // * Requests under kMinPooledBytes go to at::empty unchanged.
 // * A freed block is kept for reuse while the cache holds at most capacity() bytes; beyond that the
 //   oldest cached blocks are returned to the system. FASTGEN_CPU_POOL_MB sets the capacity
 //   (default 512; 0 turns the pool off); fastgen._C.cpu_pool_release() empties the cache.
 // * A request takes the smallest cached block of at least its size and at most 1/8 larger.
-// * Tensors from the pool are ordinary resizable CPU tensors; their memory is uninitialised.
+// * Tensors from the pool are ordinary resizable CPU tensors; their memory is uninitialised (NaN
+//   filled under torch.use_deterministic_algorithms, as at::empty does).
 #pragma once
 
 #include <ATen/ATen.h>
