@@ -59,7 +59,13 @@ inline void for_each_vector(int64_t len, const F& body) {
 // The sum of a vector's lanes.
 template <typename T>
 T hsum(const Vec<T>& v) {
-  if constexpr (std::is_same_v<T, float>) {
+  // reduce_add of the generic (no-ISA) Vectorized does not compile with torch 2.13's headers
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+  constexpr bool kReduce = std::is_same_v<T, float>;
+#else
+  constexpr bool kReduce = false;
+#endif
+  if constexpr (kReduce) {
     return v.reduce_add();
   } else {
     T lanes[Vec<T>::size()];
