@@ -60,9 +60,21 @@ def test_cpu_marcher_equals_reference(cone, gen):
     t0 = torch.where(torch.isfinite(t0), t0, t1)
     got = march(o, d, t0, t1, bits, boxes, 0.01, cone, backend="cpu")
     want = march(o, d, t0, t1, bits, boxes, 0.01, cone, backend="reference")
-    assert torch.equal(got[0], want[0])
-    torch.testing.assert_close(got[1], want[1], rtol=0, atol=1e-5)
-    torch.testing.assert_close(got[2], want[2], rtol=0, atol=1e-5)
+    # Both compute t in float32 but round differently by an ulp here and there (seed 649599909:
+    # a cone-stepped t 2.7063227 vs 2.7063229), which can move one midpoint across a cell
+    # boundary and add or drop that one sample. Rays must agree sample for sample, except at most
+    # one ray per batch differing by one sample.
+    n = o.shape[0]
+    counts_got = torch.bincount(got[0], minlength=n)
+    counts_want = torch.bincount(want[0], minlength=n)
+    off = (counts_got != counts_want).nonzero().flatten().tolist()
+    assert len(off) <= 1 and all(abs(int(counts_got[r] - counts_want[r])) == 1 for r in off), off
+    keep_got = ~torch.isin(got[0], torch.tensor(off, dtype=got[0].dtype))
+    keep_want = ~torch.isin(want[0], torch.tensor(off, dtype=want[0].dtype))
+    assert torch.equal(got[0][keep_got], want[0][keep_want])
+    torch.testing.assert_close(got[1][keep_got], want[1][keep_want], rtol=0, atol=1e-5)
+    torch.testing.assert_close(got[2][keep_got], want[2][keep_want], rtol=0, atol=1e-5)
+    assert keep_got.sum() > 0.9 * got[0].numel()
 
 
 def _sphere_grid(res=16, levels=2, radius=0.3):
