@@ -61,20 +61,22 @@ def _best_isa() -> str:
     return "avx2" if getattr(torch.cpu, "_is_avx2_supported", lambda: True)() else "none"
 
 
+# Compiler flags per FASTGEN_CPU_ISA value (a literal: scripts/check_isa_compile.sh reads it).
+CPU_ISA_FLAGS = {
+    "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c",
+               "-DCPU_CAPABILITY_AVX512", "-DCPU_CAPABILITY=AVX512"],
+    "avx2": ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"],
+    "none": [],
+}
+
+
 def _cpu_isa_flags() -> tuple[str, list[str]]:
     isa = os.environ.get("FASTGEN_CPU_ISA", "").strip().lower()
     if not isa:
         isa = _best_isa()
-    if isa == "avx2":
-        return isa, ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"]
-    if isa == "avx512":
-        return isa, [
-            "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c",
-            "-DCPU_CAPABILITY_AVX512", "-DCPU_CAPABILITY=AVX512",
-        ]
-    if isa == "none":
-        return isa, []
-    raise SystemExit(f"FASTGEN_CPU_ISA must be one of avx2, avx512, none; got {isa!r}")
+    if isa not in CPU_ISA_FLAGS:
+        raise SystemExit(f"FASTGEN_CPU_ISA must be one of avx2, avx512, none; got {isa!r}")
+    return isa, list(CPU_ISA_FLAGS[isa])
 
 
 def _guess_cuda_home() -> None:

@@ -11,12 +11,17 @@ PY_INC=$("$PY" -c "import sysconfig; print(sysconfig.get_paths()['include'])")
 status=0
 for isa in "${@:-avx512 none}"; do
   for one in $isa; do
-    case $one in
-      avx512) flags="-mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mf16c -DCPU_CAPABILITY_AVX512 -DCPU_CAPABILITY=AVX512" ;;
-      avx2) flags="-mavx2 -mfma -mf16c -DCPU_CAPABILITY_AVX2 -DCPU_CAPABILITY=AVX2" ;;
-      none) flags="" ;;
-      *) echo "unknown ISA $one (avx512, avx2, none)"; exit 2 ;;
-    esac
+    # the flags setup.py builds with (its CPU_ISA_FLAGS literal)
+    if ! flags=$("$PY" - "$one" <<'PYEOF'
+import ast, sys
+tree = ast.parse(open("setup.py").read())
+table = next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
+             and any(getattr(t, "id", None) == "CPU_ISA_FLAGS" for t in n.targets))
+if sys.argv[1] not in table:
+    sys.exit(f"unknown ISA {sys.argv[1]} ({', '.join(table)})")
+print(" ".join(table[sys.argv[1]]))
+PYEOF
+); then exit 2; fi
     for f in csrc/*.cpp csrc/cpu/*.cpp; do
       # shellcheck disable=SC2086
       if ! ${CXX:-g++} -fsyntax-only -std=c++20 -fopenmp $flags -DTORCH_API_INCLUDE_EXTENSION_H \

@@ -10,9 +10,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <mutex>
-#include <new>
 #include <limits>
-#include <string>
 #include <unordered_map>
 #include <vector>
 

@@ -109,6 +109,9 @@ def pixel_samples(model: NeuralImage, image: torch.Tensor) -> torch.Tensor:
     """[H * W, 2 + channels] float32 on the model's device: each pixel's centre coordinates
     (as :meth:`NeuralImage.pixel_coords`) then its colour, so that a batch is one gather (one
     cache miss per random pixel instead of two)."""
+    if image.shape != (model.height, model.width, model.channels):
+        raise ValueError(f"pixel_samples: image must be [{model.height}, {model.width}, "
+                         f"{model.channels}] like the model, got {list(image.shape)}")
     device = model.encoding.params.device
     colour = image.to(device, torch.float32).reshape(-1, model.channels)
     return torch.cat([model.pixel_coords(device), colour], dim=1)
@@ -118,6 +121,9 @@ def train_step(model: NeuralImage, opt: torch.optim.Optimizer, samples: torch.Te
                idx: torch.Tensor) -> torch.Tensor:
     """One optimisation step on the pixels ``idx`` of ``samples`` (:func:`pixel_samples`):
     L2 loss, backward, ``opt.step()``. Returns the loss (detached)."""
+    if samples.dim() != 2 or samples.shape[1] != 2 + model.channels:
+        raise ValueError(f"train_step: samples must be [pixels, {2 + model.channels}] "
+                         f"(pixel_samples), got {list(samples.shape)}")
     # index_select: aten's advanced indexing took ~7 ms per gather of 2^16 rows here
     batch = samples.index_select(0, idx)
     loss = (model(batch[:, :2].contiguous()) - batch[:, 2:]).square().mean()

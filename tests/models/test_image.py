@@ -48,6 +48,10 @@ def test_train_step_is_the_l2_loss_on_the_chosen_pixels(gen):
     loss = train_step(model, adam(model.parameters()), samples, idx)
     torch.testing.assert_close(loss, want)
     assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    with pytest.raises(ValueError, match="image must be"):
+        pixel_samples(model, img[:, :9])
+    with pytest.raises(ValueError, match="samples must be"):
+        train_step(model, adam(model.parameters()), samples[:, :4], idx)
 
 
 def test_model_defaults_reach_the_image_resolution():
