@@ -35,11 +35,17 @@ TORCH_LIBRARY(fastgen, m) {
   // params: [offsets[L] * F] table entries of F features, level after level (tcnn's layout);
   // offsets: L + 1 running entry counts; scales: per-level float32 scale; interpolation:
   // 0 Nearest, 1 Linear, 2 Smoothstep; use_hash: Hash grid type (else Dense/Tiled wrap).
-  // Output [N, L * F] in params' dtype, level-major.
+  // Output [N, L * F] in params' dtype, level-major (column l * F + f).
   m.def(
       "hashgrid_fwd(Tensor x, Tensor params, int[] offsets, float[] scales, int F,"
       " int interpolation, bool use_hash) -> Tensor");
-  // (grad_params, grad_x); each is empty ([0]) unless asked for. grad_params accumulates in
+  // The same encoding planar, [L, N, F] (CPU): the layout the kernels compute, for a consumer
+  // that reads it as is (mlp_mse) instead of the point-major copy.
+  m.def(
+      "hashgrid_fwd_planar(Tensor x, Tensor params, int[] offsets, float[] scales, int F,"
+      " int interpolation, bool use_hash) -> Tensor");
+  // (grad_params, grad_x) from grad_out [N, L * F] or planar [L, N, F] (CPU); each is empty
+  // ([0]) unless asked for. grad_params accumulates in
   // float32 (float64 for float64 params) and is returned in params' dtype.
   m.def(
       "hashgrid_bwd(Tensor grad_out, Tensor x, Tensor params, int[] offsets, float[] scales,"
@@ -83,6 +89,14 @@ TORCH_LIBRARY(fastgen, m) {
       "mlp_bwd(Tensor grad_y, Tensor x, Tensor[] weights, Tensor y, Tensor[] hidden,"
       " int activation,"
       " int output_activation, bool need_x) -> (Tensor, Tensor[])");
+  // loss = mean((y − target)²) of y = mlp_fwd's output, target [M, O], with y and — when
+  // need_grad — the gradients of loss to x (empty unless need_x) and the weights, computed tile
+  // by tile in the same pass (nothing of the forward is kept). Loss accumulated in float64.
+  // x may be planar, [G, M, F] for the [M, G * F] matrix (hashgrid_fwd_planar's output);
+  // grad_x comes in x's layout.
+  m.def(
+      "mlp_mse(Tensor x, Tensor[] weights, Tensor target, int activation, int output_activation,"
+      " bool need_grad, bool need_x) -> (Tensor, Tensor, Tensor, Tensor[])");
   // Ray-box slab test (fastgen/ops/raymarch.py): rays_o, rays_d [N, 3], aabbs [M, 6] (lo, hi)
   // -> (t_near [N, M], t_far [N, M], hit [N, M] bool: t_far > t_near).
   m.def("ray_aabb_intersect(Tensor rays_o, Tensor rays_d, Tensor aabbs) -> (Tensor, Tensor, Tensor)");

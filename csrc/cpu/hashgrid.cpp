@@ -1,10 +1,13 @@
 // CPU launchers for the hash-grid encoding ops (math: csrc/common/hashgrid.h).
 //
-//   fastgen::hashgrid_fwd      one group of points per thread, walked level by level
+//   fastgen::hashgrid_fwd      one group of points per thread, walked level by level, into a
+//                              planar [L, N, F] buffer, then copied point-major [N, L * F]
+//   fastgen::hashgrid_fwd_planar  the planar buffer itself (for fastgen::mlp_mse)
 //   fastgen::hashgrid_bwd      parameter gradient: whole levels per thread, so every table entry
 //                              has one writer and the scatter-add runs in point order — no
 //                              atomics, bitwise reproducible for any thread count.
 //                              input gradient: tasks = chunks of points, all levels per point.
+//                              grad_out point-major or planar (CPU only).
 //   fastgen::hashgrid_corners  one level's corner entries and weights (the deterministic
 //                              scatter path in fastgen/ops/hashgrid.py sorts and reduces them)
 #include <ATen/ATen.h>
@@ -27,6 +30,7 @@
 #include "common/hashgrid.h"
 #include "common/hashgrid_dispatch.h"
 #include "cpu/buffer_pool.h"
+#include "cpu/vec_io.h"
 
 namespace fastgen {
 namespace hashgrid {
@@ -377,36 +381,12 @@ void pipelined_blocks(CornerBlock<D, T> (&blk)[2], const Points<T>& x, int64_t f
 
 // dst[c][r] = src[r][c] for an R x C matrix of items of F values (a point's or a level's
 // features): the [L, N, F] <-> [N, L, F] copies around the level-major kernels. Parallel over the
-// longer side in 4 x 4 tiles; 8-byte items (2 float32 features) go through AVX2 register
-// transposes, 4 items of 4 rows in and 4 of 4 columns out (bit patterns copied, NaN included).
+// longer side in 4 x 4 tiles (transpose_items_block, vec_io.h).
 template <typename T>
 void transpose_items(const T* src, T* dst, int64_t R, int64_t C, int F) {
   auto tile = [&](int64_t r0, int64_t c0) {
-    const int64_t r1 = std::min(R, r0 + 4), c1 = std::min(C, c0 + 4);
-#if defined(__AVX2__)
-    if (sizeof(T) * F == 8 && r1 - r0 == 4 && c1 - c0 == 4) {
-      const double* s = reinterpret_cast<const double*>(src);
-      double* o = reinterpret_cast<double*>(dst);
-      const __m256d a0 = _mm256_loadu_pd(s + r0 * C + c0);
-      const __m256d a1 = _mm256_loadu_pd(s + (r0 + 1) * C + c0);
-      const __m256d a2 = _mm256_loadu_pd(s + (r0 + 2) * C + c0);
-      const __m256d a3 = _mm256_loadu_pd(s + (r0 + 3) * C + c0);
-      const __m256d t0 = _mm256_unpacklo_pd(a0, a1);  // a00 a10 a02 a12
-      const __m256d t1 = _mm256_unpackhi_pd(a0, a1);  // a01 a11 a03 a13
-      const __m256d t2 = _mm256_unpacklo_pd(a2, a3);  // a20 a30 a22 a32
-      const __m256d t3 = _mm256_unpackhi_pd(a2, a3);  // a21 a31 a23 a33
-      _mm256_storeu_pd(o + c0 * R + r0, _mm256_permute2f128_pd(t0, t2, 0x20));
-      _mm256_storeu_pd(o + (c0 + 1) * R + r0, _mm256_permute2f128_pd(t1, t3, 0x20));
-      _mm256_storeu_pd(o + (c0 + 2) * R + r0, _mm256_permute2f128_pd(t0, t2, 0x31));
-      _mm256_storeu_pd(o + (c0 + 3) * R + r0, _mm256_permute2f128_pd(t1, t3, 0x31));
-      return;
-    }
-#endif
-    for (int64_t r = r0; r < r1; ++r) {
-      for (int64_t c = c0; c < c1; ++c) {
-        for (int f = 0; f < F; ++f) dst[(c * R + r) * F + f] = src[(r * C + c) * F + f];
-      }
-    }
+    transpose_items_block(src + (r0 * C + c0) * F, C * F, dst + (c0 * R + r0) * F, R * F,
+                          std::min<int64_t>(4, R - r0), std::min<int64_t>(4, C - c0), F);
   };
   // The long side (points) in chunks of kChunk; within a chunk, 4 items of the short side
   // (levels) at a time across the whole chunk: 4 sequential streams on the level-major side,
@@ -571,16 +551,17 @@ void corners_cpu(const T* x, int64_t* index, T* weight, int64_t N, const Levels&
 
 }  // namespace
 
-at::Tensor hashgrid_fwd_cpu(const at::Tensor& x, const at::Tensor& params,
-                            at::IntArrayRef offsets, at::ArrayRef<double> scales, int64_t F,
-                            int64_t interpolation, bool use_hash) {
+// The encoding as the kernels compute it: planar [L, N, F], one level after another; point-major
+// [N, L * F] (hashgrid_fwd) is a transposed copy of it.
+at::Tensor encode_planar(const char* op, const at::Tensor& x, const at::Tensor& params,
+                         at::IntArrayRef offsets, at::ArrayRef<double> scales, int64_t F,
+                         int64_t interpolation, bool use_hash) {
   const Levels lv = make_levels(offsets, scales, interpolation, use_hash);
-  check_inputs("hashgrid_fwd", x, params, lv, F);
-  check_cpu("hashgrid_fwd", x, params);
+  check_inputs(op, x, params, lv, F);
+  check_cpu(op, x, params);
   const int64_t N = x.size(0);
-  if (N == 0) return at::empty({N, int64_t(lv.n_levels) * F}, params.options());
   at::Tensor out = cpu_pool::empty({int64_t(lv.n_levels), N, F}, params.options());
-  at::Tensor rows = cpu_pool::empty({N, int64_t(lv.n_levels) * F}, params.options());
+  if (N == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(params.scalar_type(), "hashgrid_fwd_cpu", [&] {
     const at::Tensor xt = transpose_points<scalar_t>(x);
     const Points<scalar_t> pts = points<scalar_t>(x, xt);
@@ -588,10 +569,30 @@ at::Tensor hashgrid_fwd_cpu(const at::Tensor& x, const at::Tensor& params,
       forward_cpu<decltype(d)::value, decltype(f)::value, scalar_t>(
           pts, params.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), N, lv);
     });
-    transpose_items(out.data_ptr<scalar_t>(), rows.data_ptr<scalar_t>(), lv.n_levels, N,
+  });
+  return out;
+}
+
+at::Tensor hashgrid_fwd_cpu(const at::Tensor& x, const at::Tensor& params,
+                            at::IntArrayRef offsets, at::ArrayRef<double> scales, int64_t F,
+                            int64_t interpolation, bool use_hash) {
+  const at::Tensor out =
+      encode_planar("hashgrid_fwd", x, params, offsets, scales, F, interpolation, use_hash);
+  const int64_t L = out.size(0), N = out.size(1);
+  at::Tensor rows = cpu_pool::empty({N, L * F}, params.options());
+  if (N == 0) return rows;
+  AT_DISPATCH_FLOATING_TYPES(params.scalar_type(), "hashgrid_fwd_cpu", [&] {
+    transpose_items(out.data_ptr<scalar_t>(), rows.data_ptr<scalar_t>(), L, N,
                     static_cast<int>(F));
   });
   return rows;
+}
+
+at::Tensor hashgrid_fwd_planar_cpu(const at::Tensor& x, const at::Tensor& params,
+                                   at::IntArrayRef offsets, at::ArrayRef<double> scales,
+                                   int64_t F, int64_t interpolation, bool use_hash) {
+  return encode_planar("hashgrid_fwd_planar", x, params, offsets, scales, F, interpolation,
+                       use_hash);
 }
 
 std::tuple<at::Tensor, at::Tensor> hashgrid_bwd_cpu(
@@ -601,11 +602,15 @@ std::tuple<at::Tensor, at::Tensor> hashgrid_bwd_cpu(
   const Levels lv = make_levels(offsets, scales, interpolation, use_hash);
   check_inputs("hashgrid_bwd", x, params, lv, F);
   check_cpu("hashgrid_bwd", x, params);
-  const int64_t N = x.size(0);
-  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({N, int64_t(lv.n_levels) * F}) &&
+  const int64_t N = x.size(0), L = lv.n_levels;
+  // grad_out point-major [N, L * F] (hashgrid_fwd's) or planar [L, N, F] (hashgrid_fwd_planar's)
+  const bool planar = grad_out.dim() == 3;
+  TORCH_CHECK((grad_out.sizes() == at::IntArrayRef({N, L * F}) ||
+               grad_out.sizes() == at::IntArrayRef({L, N, F})) &&
                   grad_out.scalar_type() == params.scalar_type() && grad_out.is_contiguous(),
-              "hashgrid_bwd: grad_out must be a contiguous [", N, ", ", lv.n_levels * F,
-              "] tensor of the params dtype, got ", grad_out.sizes(), " ", grad_out.scalar_type());
+              "hashgrid_bwd: grad_out must be a contiguous [", N, ", ", L * F, "] (or planar [",
+              L, ", ", N, ", ", F, "]) tensor of the params dtype, got ", grad_out.sizes(), " ",
+              grad_out.scalar_type());
   TORCH_CHECK(grad_out.device() == x.device(), "hashgrid_bwd: grad_out is on ",
               grad_out.device(), " but x on ", x.device());
   at::Tensor grad_params =
@@ -620,16 +625,23 @@ std::tuple<at::Tensor, at::Tensor> hashgrid_bwd_cpu(
     dispatch_dims(x.size(1), F, [&](auto d, auto f) {
       constexpr int D = decltype(d)::value;
       constexpr int FF = decltype(f)::value;
+      // the parameter gradient reads grad_out planar, the input gradient point-major
+      at::Tensor planes = grad_out, rows = grad_out;
+      if (need_params_grad && !planar) {
+        planes = cpu_pool::empty({L, N, FF}, grad_out.options());
+        transpose_items(grad_out.data_ptr<scalar_t>(), planes.data_ptr<scalar_t>(), N, L, FF);
+      }
+      if (need_x_grad && planar) {
+        rows = cpu_pool::empty({N, L * FF}, grad_out.options());
+        transpose_items(grad_out.data_ptr<scalar_t>(), rows.data_ptr<scalar_t>(), L, N, FF);
+      }
       if (need_params_grad) {
-        at::Tensor g = cpu_pool::empty({int64_t(lv.n_levels), N, FF}, grad_out.options());
-        transpose_items(grad_out.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), N,
-                        int64_t(lv.n_levels), FF);
         const at::Tensor xt = transpose_points<scalar_t>(x);
-        backward_params_cpu<D, FF, scalar_t>(g.data_ptr<scalar_t>(), points<scalar_t>(x, xt),
+        backward_params_cpu<D, FF, scalar_t>(planes.data_ptr<scalar_t>(), points<scalar_t>(x, xt),
                                              grad_params.data_ptr<scalar_t>(), N, lv);
       }
       if (need_x_grad) {
-        backward_x_cpu<D, FF, scalar_t>(grad_out.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
+        backward_x_cpu<D, FF, scalar_t>(rows.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
                                         params.data_ptr<scalar_t>(), grad_x.data_ptr<scalar_t>(),
                                         N, lv);
       }
@@ -669,6 +681,7 @@ std::tuple<at::Tensor, at::Tensor> hashgrid_corners_cpu(
 
 TORCH_LIBRARY_IMPL(fastgen, CPU, m) {
   m.impl("hashgrid_fwd", &fastgen::hashgrid::hashgrid_fwd_cpu);
+  m.impl("hashgrid_fwd_planar", &fastgen::hashgrid::hashgrid_fwd_planar_cpu);
   m.impl("hashgrid_bwd", &fastgen::hashgrid::hashgrid_bwd_cpu);
   m.impl("hashgrid_corners", &fastgen::hashgrid::hashgrid_corners_cpu);
 }

@@ -216,15 +216,21 @@ std::vector<std::vector<T>> pack(const at::TensorList& weights, const Net& net, 
   return out;
 }
 
+void check_weights(const char* op, const at::Tensor& x, const at::TensorList& weights, int64_t k);
+
 void check_inputs(const char* op, const at::Tensor& x, const at::TensorList& weights) {
   TORCH_CHECK(x.device().is_cpu(), op, ": x must be a CPU tensor, got ", x.device());
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
               ": x must be float32 or float64 on CPU, got ", x.scalar_type());
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), op, ": x must be a contiguous [M, K] tensor, got ",
               x.sizes());
+  check_weights(op, x, weights, x.size(1));
+}
+
+// weights against x's dtype and the input width k
+void check_weights(const char* op, const at::Tensor& x, const at::TensorList& weights, int64_t k) {
   TORCH_CHECK(weights.size() >= 2, op, ": weights must hold at least 2 matrices (one hidden "
               "layer), got ", weights.size());
-  int64_t k = x.size(1);
   for (size_t l = 0; l < weights.size(); ++l) {
     const auto& w = weights[l];
     TORCH_CHECK(w.device().is_cpu() && w.scalar_type() == x.scalar_type(), op, ": weights[", l,
@@ -246,13 +252,32 @@ void check_act(const char* op, int64_t act, int64_t out_act) {
               "(None), 1 (ReLU) or 2 (Sigmoid), got ", out_act);
 }
 
+// One tile's forward: layer l's pre-activation into out[l] ([rows, padded[l + 1]], padded
+// columns zero), hidden layers activated in place (and copied to keep[l] + r·H when keep[l] is
+// not null); the output layer's stays pre-activation for the caller.
+template <typename T>
+void forward_tile(const Net& net, const std::vector<std::vector<T>>& wt, const T* in,
+                  int64_t in_ld, int64_t rows, int64_t act, T* const* out, T* const* keep) {
+  const int64_t L = net.n_layers(), H = net.widths[1];
+  for (int64_t l = 0; l < L; ++l) {
+    const int64_t N = net.widths[l + 1], Np = net.padded[l + 1];
+    gemm<T>(in, in_ld, 1, rows, wt[l].data(), Np, net.widths[l], Np, out[l], Np, false);
+    if (l + 1 == L) break;
+    T* h = keep == nullptr ? nullptr : keep[l];
+    for (int64_t r = 0; r < rows; ++r)
+      activate_row(out[l] + r * Np, h ? h + r * H : nullptr, N, act);
+    in = out[l];
+    in_ld = Np;
+  }
+}
+
 template <typename T>
 void forward(const at::Tensor& x, const at::TensorList& weights, int64_t act, int64_t out_act,
              at::Tensor& y, std::vector<at::Tensor>& hidden) {
   const Net net = net_of<T>(weights, x.size(1));
   const auto wt = pack<T>(weights, net, /*transpose=*/true);
   const int64_t M = x.size(0), L = net.n_layers(), H = net.widths[1], O = net.widths[L];
-  const int64_t ld = net.max_padded();
+  const int64_t ld = net.max_padded(), Op = net.padded[L];
   const T* xp = x.data_ptr<T>();
   T* yp = y.data_ptr<T>();
   std::vector<T*> hp;  // empty when the hidden outputs are not kept
@@ -260,32 +285,98 @@ void forward(const at::Tensor& x, const at::TensorList& weights, int64_t act, in
   const int64_t tiles = (M + kTile - 1) / kTile;
   at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
     std::vector<T> buf_a(kTile * ld), buf_b(kTile * ld);
+    std::vector<T*> out(L), keep(hp.size());
+    for (int64_t l = 0; l < L; ++l) out[l] = l % 2 == 0 ? buf_a.data() : buf_b.data();
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t m0 = t * kTile, rows = std::min(kTile, M - m0);
-      const T* in = xp + m0 * net.widths[0];
-      int64_t in_ld = net.widths[0];
-      T* out = buf_a.data();
-      for (int64_t l = 0; l < L; ++l) {
-        const int64_t N = net.widths[l + 1], Np = net.padded[l + 1];
-        gemm<T>(in, in_ld, 1, rows, wt[l].data(), Np, net.widths[l], Np, out, Np, false);
-        if (l + 1 < L) {
-          T* h = hp.empty() ? nullptr : hp[l] + m0 * H;
-          for (int64_t r = 0; r < rows; ++r)
-            activate_row(out + r * Np, h ? h + r * H : nullptr, N, act);
-          in = out;
-          in_ld = Np;
-          out = out == buf_a.data() ? buf_b.data() : buf_a.data();
-        } else {
-          for (int64_t r = 0; r < rows; ++r)
-            for (int64_t n = 0; n < O; ++n)
-              yp[(m0 + r) * O + n] = activate(out[r * Np + n], out_act);
-        }
-      }
+      for (size_t l = 0; l < hp.size(); ++l) keep[l] = hp[l] + m0 * H;
+      forward_tile<T>(net, wt, xp + m0 * net.widths[0], net.widths[0], rows, act, out.data(),
+                      hp.empty() ? nullptr : keep.data());
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t n = 0; n < O; ++n)
+          yp[(m0 + r) * O + n] = activate(out[L - 1][r * Op + n], out_act);
     }
 #if defined(__AVX2__)
     _mm_sfence();  // the streaming stores of activate_row are visible before the task ends
 #endif
   });
+}
+
+// The backward's row chunks, fixed by M alone (at most 256, at least kTile·8 rows each), and
+// per-layer offsets into one chunk's weight-gradient block ([N_l, Kp_l] each).
+struct Chunks {
+  int64_t size, count;
+  std::vector<int64_t> goff;
+  Chunks(const Net& net, int64_t M) : goff(net.n_layers() + 1, 0) {
+    size = round_up(std::max<int64_t>(kTile * 8, (M + 255) / 256), kTile);
+    count = std::max<int64_t>(1, (M + size - 1) / size);
+    for (int64_t l = 0; l < net.n_layers(); ++l)
+      goff[l + 1] = goff[l] + net.widths[l + 1] * net.padded[l];
+  }
+};
+
+// One tile's backward from d = the gradient at the output layer's pre-activation ([rows, Op]):
+// adds the tile's weight gradients into gw (a chunk's block, Chunks::goff), and writes x's
+// gradient to gx ([rows, K0]) when it is not null. act[l]: the tile's h_l as [rows, padded[l]]
+// with zero-padded columns. d and d2 are [kTile, max_padded] scratch (swapped on the way).
+template <typename T>
+void backward_tile(const Net& net, const std::vector<std::vector<T>>& wp,
+                   const std::vector<const T*>& act, int64_t rows, int64_t act_code,
+                   const std::vector<int64_t>& goff, T* gw, T* gx, std::vector<T>& d,
+                   std::vector<T>& d2) {
+  const int64_t K0 = net.widths[0];
+  for (int64_t l = net.n_layers() - 1; l >= 0; --l) {
+    const int64_t N = net.widths[l + 1], Np = net.padded[l + 1];
+    const int64_t K = net.widths[l], Kp = net.padded[l];
+    // dW_l += d_lᵀ · h_l  (A = d transposed: row n, reduction over the tile's rows)
+    gemm<T>(d.data(), 1, Np, N, act[l], Kp, rows, Kp, gw + goff[l], Kp, true);
+    if (l == 0 && gx == nullptr) break;
+    // gradient at the layer's input: d_l · W_l, then through the previous activation; x's
+    // gradient straight into gx when its width needs no padding
+    if (l == 0 && K == Kp) {
+      gemm<T>(d.data(), Np, 1, rows, wp[l].data(), Kp, N, Kp, gx, K0, false);
+      break;
+    }
+    gemm<T>(d.data(), Np, 1, rows, wp[l].data(), Kp, N, Kp, d2.data(), Kp, false);
+    if (l == 0) {
+      for (int64_t r = 0; r < rows; ++r)
+        std::copy(d2.data() + r * Kp, d2.data() + r * Kp + K, gx + r * K0);
+    } else {
+      if (act_code == kReLU) relu_grad_rows(d2.data(), act[l], rows * Kp);
+      std::swap(d, d2);
+    }
+  }
+}
+
+// h_l as [rows, padded[l]]: the rows themselves when the width needs no padding, else a
+// zero-padded copy in buf.
+template <typename T>
+const T* padded_rows(const T* src, int64_t w, int64_t p, int64_t rows, std::vector<T>& buf) {
+  if (w == p) return src;
+  for (int64_t r = 0; r < rows; ++r) {
+    std::copy(src + r * w, src + r * w + w, buf.data() + r * p);
+    std::fill(buf.data() + r * p + w, buf.data() + r * p + p, T(0));
+  }
+  return buf.data();
+}
+
+// grad_w[l] = Σ over chunks in chunk order of partial (in parallel over the entries).
+template <typename T>
+void reduce_chunks(const Net& net, const Chunks& ch, const std::vector<T>& partial,
+                   std::vector<at::Tensor>& grad_w) {
+  for (int64_t l = 0; l < net.n_layers(); ++l) {
+    const int64_t N = net.widths[l + 1], K = net.widths[l], Kp = net.padded[l];
+    T* g = grad_w[l].data_ptr<T>();
+    at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
+      for (int64_t n = n0; n < n1; ++n)
+        for (int64_t k = 0; k < K; ++k) {
+          T s = T(0);
+          for (int64_t c = 0; c < ch.count; ++c)
+            s += partial[c * ch.goff.back() + ch.goff[l] + n * Kp + k];
+          g[n * K + k] = s;
+        }
+    });
+  }
 }
 
 template <typename T>
@@ -295,87 +386,129 @@ void backward(const at::Tensor& grad_y, const at::Tensor& x, const at::TensorLis
   const Net net = net_of<T>(weights, x.size(1));
   const auto wp = pack<T>(weights, net, /*transpose=*/false);
   const int64_t M = x.size(0), L = net.n_layers(), H = net.widths[1], O = net.widths[L];
-  const int64_t K0 = net.widths[0], ld = net.max_padded();
-  // Per-layer offsets into one chunk's weight-gradient block ([N_l, Kp_l] each).
-  std::vector<int64_t> goff(L + 1, 0);
-  for (int64_t l = 0; l < L; ++l) goff[l + 1] = goff[l] + net.widths[l + 1] * net.padded[l];
-  // Chunks fixed by M alone: at most 256, at least kTile·8 rows each.
-  const int64_t chunk = round_up(std::max<int64_t>(kTile * 8, (M + 255) / 256), kTile);
-  const int64_t chunks = std::max<int64_t>(1, (M + chunk - 1) / chunk);
-  std::vector<T> partial(chunks * goff[L], T(0));
+  const int64_t K0 = net.widths[0], ld = net.max_padded(), Op = net.padded[L];
+  const Chunks ch(net, M);
+  std::vector<T> partial(ch.count * ch.goff[L], T(0));
   const T *gyp = grad_y.data_ptr<T>(), *xp = x.data_ptr<T>(), *yp = y.data_ptr<T>();
   std::vector<const T*> hp;
   for (const auto& h : hidden) hp.push_back(h.data_ptr<T>());
   T* gxp = need_x ? grad_x.data_ptr<T>() : nullptr;
 
-  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-    // act[l]: the tile's h_l as [rows, padded] (the input rows themselves when the width needs
-    // no padding, else a zero-padded copy in acts[l]); d / d2: the gradient at a layer's output
-    // / input.
+  at::parallel_for(0, ch.count, 1, [&](int64_t c0, int64_t c1) {
     std::vector<std::vector<T>> acts(L);
     std::vector<const T*> act(L);
     for (auto& a : acts) a.assign(kTile * ld, T(0));
     std::vector<T> d(kTile * ld, T(0)), d2(kTile * ld, T(0));
     for (int64_t c = c0; c < c1; ++c) {
-      T* gw = partial.data() + c * goff[L];
-      const int64_t end = std::min(M, (c + 1) * chunk);
-      for (int64_t m0 = c * chunk; m0 < end; m0 += kTile) {
+      const int64_t end = std::min(M, (c + 1) * ch.size);
+      for (int64_t m0 = c * ch.size; m0 < end; m0 += kTile) {
         const int64_t rows = std::min(kTile, end - m0);
-        for (int64_t l = 0; l < L; ++l) {  // h_0 = x, h_l = hidden[l - 1]
-          const int64_t w = net.widths[l], p = net.padded[l];
-          const T* src = l == 0 ? xp + m0 * K0 : hp[l - 1] + m0 * H;
-          if (w == p) {
-            act[l] = src;
-            continue;
-          }
-          T* dst = acts[l].data();
-          act[l] = dst;
-          for (int64_t r = 0; r < rows; ++r) {
-            std::copy(src + r * w, src + r * w + w, dst + r * p);
-            std::fill(dst + r * p + w, dst + r * p + p, T(0));
-          }
-        }
-        const int64_t Op = net.padded[L];
+        for (int64_t l = 0; l < L; ++l)  // h_0 = x, h_l = hidden[l - 1]
+          act[l] = padded_rows<T>(l == 0 ? xp + m0 * K0 : hp[l - 1] + m0 * H, net.widths[l],
+                                  net.padded[l], rows, acts[l]);
         for (int64_t r = 0; r < rows; ++r)
           for (int64_t n = 0; n < O; ++n)
             d[r * Op + n] = act_grad(gyp[(m0 + r) * O + n], yp[(m0 + r) * O + n], out_act);
-        for (int64_t l = L - 1; l >= 0; --l) {
-          const int64_t N = net.widths[l + 1], Np = net.padded[l + 1];
-          const int64_t K = net.widths[l], Kp = net.padded[l];
-          // dW_l += d_lᵀ · h_l  (A = d transposed: row n, reduction over the tile's rows)
-          gemm<T>(d.data(), 1, Np, N, act[l], Kp, rows, Kp, gw + goff[l], Kp, true);
-          if (l == 0 && !need_x) break;
-          // gradient at the layer's input: d_l · W_l, then through the previous activation;
-          // x's gradient straight into grad_x when its width needs no padding
-          if (l == 0 && K == Kp) {
-            gemm<T>(d.data(), Np, 1, rows, wp[l].data(), Kp, N, Kp, gxp + m0 * K0, K0, false);
-            break;
-          }
-          gemm<T>(d.data(), Np, 1, rows, wp[l].data(), Kp, N, Kp, d2.data(), Kp, false);
-          if (l == 0) {
-            for (int64_t r = 0; r < rows; ++r)
-              std::copy(d2.data() + r * Kp, d2.data() + r * Kp + K, gxp + (m0 + r) * K0);
-          } else {
-            if (act_code == kReLU) relu_grad_rows(d2.data(), act[l], rows * Kp);
-            std::swap(d, d2);
-          }
-        }
+        backward_tile<T>(net, wp, act, rows, act_code, ch.goff, partial.data() + c * ch.goff[L],
+                         gxp ? gxp + m0 * K0 : nullptr, d, d2);
       }
     }
   });
-  // Chunks in order, in parallel over the weight-gradient entries.
-  for (int64_t l = 0; l < L; ++l) {
-    const int64_t N = net.widths[l + 1], K = net.widths[l], Kp = net.padded[l];
-    T* g = grad_w[l].data_ptr<T>();
-    at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
-      for (int64_t n = n0; n < n1; ++n)
-        for (int64_t k = 0; k < K; ++k) {
-          T s = T(0);
-          for (int64_t c = 0; c < chunks; ++c) s += partial[c * goff[L] + goff[l] + n * Kp + k];
-          g[n * K + k] = s;
+  reduce_chunks<T>(net, ch, partial, grad_w);
+}
+
+// x ([M, K]) stored planar: [G, M, F] with K = G·F (column g·F + f of row m at (g·M + m)·F + f),
+// the layout the hash-grid encoding computes its levels in. Rows m0 .. m0 + rows to / from a
+// [rows, ld] tile.
+template <typename T>
+void planar_to_tile(const T* src, int64_t G, int64_t M, int64_t F, int64_t m0, int64_t rows,
+                    T* dst, int64_t ld) {
+  transpose_items_block(src + m0 * F, M * F, dst, ld, G, rows, static_cast<int>(F));
+}
+
+template <typename T>
+void tile_to_planar(const T* src, int64_t ld, int64_t G, int64_t M, int64_t F, int64_t m0,
+                    int64_t rows, T* dst) {
+  transpose_items_block(src, ld, dst + m0 * F, M * F, rows, G, static_cast<int>(F));
+}
+
+// loss = mean((out_act(MLP(x)) − target)²) with y = out_act(MLP(x)), and, when need_grad, the
+// gradients of loss (grad_x when need_x too): each tile runs forward, loss and backward while
+// its activations are still in cache — nothing of the forward goes to memory but y.
+template <typename T>
+double mse(const at::Tensor& x, const at::TensorList& weights, const at::Tensor& target,
+           int64_t act_code, int64_t out_act, bool need_grad, bool need_x, at::Tensor& y,
+           at::Tensor& grad_x, std::vector<at::Tensor>& grad_w) {
+  // x [M, K], or planar [G, M, F] (grad_x in x's layout)
+  const bool planar = x.dim() == 3;
+  const int64_t G = planar ? x.size(0) : 1, F = planar ? x.size(2) : x.size(1);
+  const Net net = net_of<T>(weights, G * F);
+  const auto wt = pack<T>(weights, net, /*transpose=*/true);
+  const auto wp = need_grad ? pack<T>(weights, net, /*transpose=*/false)
+                            : std::vector<std::vector<T>>();
+  const int64_t M = planar ? x.size(1) : x.size(0), L = net.n_layers(), O = net.widths[L];
+  const int64_t K0 = net.widths[0], ld = net.max_padded(), Op = net.padded[L];
+  const Chunks ch(net, M);
+  std::vector<T> partial(need_grad ? ch.count * ch.goff[L] : 0, T(0));
+  std::vector<double> sq(ch.count, 0.0);
+  const T *xp = x.data_ptr<T>(), *tp = target.data_ptr<T>();
+  T* yp = y.data_ptr<T>();
+  T* gxp = need_grad && need_x ? grad_x.data_ptr<T>() : nullptr;
+  // d loss / d y = 2 (y − target) / (M·O), as autograd forms it: (2·diff)·(1/(M·O))
+  const T scale = T(1) / T(M * O);
+
+  at::parallel_for(0, ch.count, 1, [&](int64_t c0, int64_t c1) {
+    // acts[l]: the tile's h_l, padded (acts[0]: x's rows when they need padding); acts[L]: the
+    // output layer's pre-activation
+    std::vector<std::vector<T>> acts(L + 1);
+    for (auto& a : acts) a.assign(kTile * ld, T(0));
+    std::vector<const T*> act(L);
+    std::vector<T*> out(L);
+    for (int64_t l = 0; l < L; ++l) out[l] = acts[l + 1].data();
+    std::vector<T> d(kTile * ld, T(0)), d2(kTile * ld, T(0));
+    std::vector<T> gx_tile(planar && gxp ? kTile * K0 : 0);
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t end = std::min(M, (c + 1) * ch.size);
+      double s = 0.0;
+      for (int64_t m0 = c * ch.size; m0 < end; m0 += kTile) {
+        const int64_t rows = std::min(kTile, end - m0);
+        if (planar) {  // padded columns of acts[0] stay zero: only the K0 columns are written
+#if defined(__AVX2__)
+          // the next tile's G runs: more streams than the hardware prefetcher follows
+          if (m0 + kTile < end)
+            for (int64_t g = 0; g < G; ++g)
+              for (int64_t i = 0; i < kTile * F; i += 64 / sizeof(T))
+                _mm_prefetch(reinterpret_cast<const char*>(xp + (g * M + m0 + kTile) * F + i),
+                             _MM_HINT_T0);
+#endif
+          planar_to_tile<T>(xp, G, M, F, m0, rows, acts[0].data(), net.padded[0]);
+          act[0] = acts[0].data();
+        } else {
+          act[0] = padded_rows<T>(xp + m0 * K0, K0, net.padded[0], rows, acts[0]);
         }
-    });
-  }
+        for (int64_t l = 1; l < L; ++l) act[l] = acts[l].data();
+        forward_tile<T>(net, wt, act[0], net.padded[0], rows, act_code, out.data(), nullptr);
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t n = 0; n < O; ++n) {
+            const T v = activate(out[L - 1][r * Op + n], out_act);
+            const T diff = v - tp[(m0 + r) * O + n];
+            yp[(m0 + r) * O + n] = v;
+            s += double(diff) * double(diff);
+            d[r * Op + n] = act_grad((T(2) * diff) * scale, v, out_act);
+          }
+        if (!need_grad) continue;
+        T* gx = gxp == nullptr ? nullptr : planar ? gx_tile.data() : gxp + m0 * K0;
+        backward_tile<T>(net, wp, act, rows, act_code, ch.goff, partial.data() + c * ch.goff[L],
+                         gx, d, d2);
+        if (planar && gx) tile_to_planar<T>(gx, K0, G, M, F, m0, rows, gxp);
+      }
+      sq[c] = s;
+    }
+  });
+  if (need_grad) reduce_chunks<T>(net, ch, partial, grad_w);
+  double total = 0.0;
+  for (double s : sq) total += s;
+  return total / double(M * O);
 }
 
 std::tuple<at::Tensor, std::vector<at::Tensor>> mlp_fwd_cpu(
@@ -434,10 +567,50 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> mlp_bwd_cpu(
   return {grad_x, grad_w};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> mlp_mse_cpu(
+    const at::Tensor& x, at::TensorList weights, const at::Tensor& target, int64_t activation,
+    int64_t output_activation, bool need_grad, bool need_x) {
+  // planar x [G, M, F] is checked as the [M, G·F] matrix it stores
+  const bool planar = x.dim() == 3;
+  if (planar) {
+    TORCH_CHECK(x.device().is_cpu() && (x.scalar_type() == at::kFloat ||
+                                        x.scalar_type() == at::kDouble) && x.is_contiguous(),
+                "fastgen::mlp_mse: planar x must be a contiguous float32 or float64 [G, M, F] "
+                "CPU tensor, got ", x.sizes(), " ", x.scalar_type(), " on ", x.device());
+    check_weights("fastgen::mlp_mse", x, weights, x.size(0) * x.size(2));
+  } else {
+    check_inputs("fastgen::mlp_mse", x, weights);
+  }
+  check_act("fastgen::mlp_mse", activation, output_activation);
+  const int64_t M = planar ? x.size(1) : x.size(0), L = weights.size();
+  const int64_t O = weights[L - 1].size(0);
+  TORCH_CHECK(target.device().is_cpu() && target.scalar_type() == x.scalar_type() &&
+                  target.sizes() == at::IntArrayRef({M, O}) && target.is_contiguous(),
+              "fastgen::mlp_mse: target must be a contiguous [", M, ", ", O, "] CPU tensor of "
+              "x's dtype ", x.scalar_type(), ", got ", target.sizes(), " ", target.scalar_type(),
+              target.is_contiguous() ? "" : " (not contiguous)");
+  auto y = at::empty({M, O}, x.options());
+  auto grad_x = need_grad && need_x ? cpu_pool::empty(x.sizes(), x.options())
+                                    : at::empty({0}, x.options());
+  std::vector<at::Tensor> grad_w;
+  for (const auto& w : weights)
+    grad_w.push_back(!need_grad ? at::empty({0}, w.options())
+                     : M == 0   ? at::zeros_like(w)
+                                : at::empty_like(w));
+  if (M == 0) return {at::full({}, NAN, x.options()), y, grad_x, grad_w};
+  double loss = 0.0;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mlp_mse", [&] {
+    loss = mse<scalar_t>(x, weights, target, activation, output_activation, need_grad, need_x, y,
+                         grad_x, grad_w);
+  });
+  return {at::full({}, loss, x.options()), y, grad_x, grad_w};
+}
+
 }  // namespace
 }  // namespace fastgen
 
 TORCH_LIBRARY_IMPL(fastgen, CPU, m) {
   m.impl("mlp_fwd", &fastgen::mlp_fwd_cpu);
   m.impl("mlp_bwd", &fastgen::mlp_bwd_cpu);
+  m.impl("mlp_mse", &fastgen::mlp_mse_cpu);
 }

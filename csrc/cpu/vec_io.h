@@ -1,13 +1,19 @@
-// Vectorised loads and stores shared by the elementwise CPU kernels (bias_act, sampler_step), and
-// the small dot-product helpers of the decode kernels (decode, linear).
+// Vectorised loads and stores shared by the elementwise CPU kernels (bias_act, sampler_step), the
+// small dot-product helpers of the decode kernels (decode, linear), and the item transposes of
+// the hash grid's planar layout (hashgrid, mlp).
 #pragma once
 
 #include <ATen/OpMathType.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 namespace fastgen {
 
@@ -135,6 +141,49 @@ void tile_rows(const T* x, int64_t nx, const T* w, int64_t K, const T* b, T* out
 template <typename T>
 void dot_rows(const T* q, int64_t nr, const T* k, int64_t n, T* out) {
   tile_rows<1, T>(q, nr, k, n, nullptr, out, 1);
+}
+
+// dst item (c, r) = src item (r, c) for an R x C block of items of F values of T (a point's or a
+// level's features): item (r, c) of src at src + r·sld + c·F, item (c, r) of dst at
+// dst + c·dld + r·F (strides in values). 8-byte items (2 float32 features) go through AVX2
+// register transposes in 4 x 4 blocks: 4 items of 4 rows in, 4 of 4 columns out (bit patterns
+// copied, NaN included); the rest item by item.
+template <typename T>
+inline void transpose_items_block(const T* src, int64_t sld, T* dst, int64_t dld, int64_t R,
+                                  int64_t C, int F) {
+  int64_t r4 = 0, c4 = 0;
+#if defined(__AVX2__)
+  if (sizeof(T) * F == 8 && sld % F == 0 && dld % F == 0) {
+    r4 = R / 4 * 4;
+    c4 = C / 4 * 4;
+    const double* s = reinterpret_cast<const double*>(src);
+    double* o = reinterpret_cast<double*>(dst);
+    const int64_t si = sld / F, di = dld / F;  // in items
+    for (int64_t r0 = 0; r0 < r4; r0 += 4) {
+      for (int64_t c0 = 0; c0 < c4; c0 += 4) {
+        const __m256d a0 = _mm256_loadu_pd(s + r0 * si + c0);
+        const __m256d a1 = _mm256_loadu_pd(s + (r0 + 1) * si + c0);
+        const __m256d a2 = _mm256_loadu_pd(s + (r0 + 2) * si + c0);
+        const __m256d a3 = _mm256_loadu_pd(s + (r0 + 3) * si + c0);
+        const __m256d t0 = _mm256_unpacklo_pd(a0, a1);  // a00 a10 a02 a12
+        const __m256d t1 = _mm256_unpackhi_pd(a0, a1);  // a01 a11 a03 a13
+        const __m256d t2 = _mm256_unpacklo_pd(a2, a3);  // a20 a30 a22 a32
+        const __m256d t3 = _mm256_unpackhi_pd(a2, a3);  // a21 a31 a23 a33
+        _mm256_storeu_pd(o + c0 * di + r0, _mm256_permute2f128_pd(t0, t2, 0x20));
+        _mm256_storeu_pd(o + (c0 + 1) * di + r0, _mm256_permute2f128_pd(t1, t3, 0x20));
+        _mm256_storeu_pd(o + (c0 + 2) * di + r0, _mm256_permute2f128_pd(t0, t2, 0x31));
+        _mm256_storeu_pd(o + (c0 + 3) * di + r0, _mm256_permute2f128_pd(t1, t3, 0x31));
+      }
+    }
+  }
+#endif
+  auto item = [&](int64_t r, int64_t c) {
+    std::copy(src + r * sld + c * F, src + r * sld + c * F + F, dst + c * dld + r * F);
+  };
+  for (int64_t r = 0; r < r4; ++r)  // right of the 4 x 4 blocks
+    for (int64_t c = c4; c < C; ++c) item(r, c);
+  for (int64_t r = r4; r < R; ++r)  // below them
+    for (int64_t c = 0; c < C; ++c) item(r, c);
 }
 
 }  // namespace fastgen

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..nn.hashgrid import HashGridEncoding
 from ..nn.mlp import FusedMLP
+from ..ops.mlp import fused_mlp_mse
 
 __all__ = ["NeuralImage", "FitResult", "fit_image", "pixel_samples", "train_step", "psnr",
            "adam"]
@@ -68,6 +69,20 @@ class NeuralImage(nn.Module):
     def forward(self, xy: torch.Tensor) -> torch.Tensor:
         """xy: [N, 2] (x = column, y = row) in [0, 1] -> [N, channels]."""
         return self.mlp(self.encoding(xy))
+
+    def loss(self, xy: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The L2 loss ``((self(xy) - target) ** 2).mean()`` (xy [N, 2], target [N, channels])
+        with the MLP and the loss fused (:func:`fastgen.ops.fused_mlp_mse`: on the cpu backend
+        the MLP's gradients are formed in this call and no activation is stored), the encoding
+        handed over planar (as the cpu kernels compute it) unless a backend is forced to
+        "reference"."""
+        mlp = self.mlp
+        if xy.dim() != 2:
+            raise ValueError(f"NeuralImage.loss: xy must be [N, 2], got {list(xy.shape)}")
+        planar = "reference" not in (self.encoding.backend, mlp.backend)
+        return fused_mlp_mse(self.encoding(xy, planar=planar), list(mlp.weights), target,
+                             activation=mlp.activation, output_activation=mlp.output_activation,
+                             backend=mlp.backend, planar=planar)
 
     def pixel_coords(self, device=None) -> torch.Tensor:
         """[H * W, 2] pixel-centre coordinates in row-major order."""
@@ -126,7 +141,7 @@ def train_step(model: NeuralImage, opt: torch.optim.Optimizer, samples: torch.Te
                          f"(pixel_samples), got {list(samples.shape)}")
     # index_select: aten's advanced indexing took ~7 ms per gather of 2^16 rows here
     batch = samples.index_select(0, idx)
-    loss = (model(batch[:, :2].contiguous()) - batch[:, 2:]).square().mean()
+    loss = model.loss(batch[:, :2].contiguous(), batch[:, 2:].contiguous())
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()

@@ -99,11 +99,14 @@ class HashGridEncoding(nn.Module):
         """Per level: scale, resolution, hashed or dense, table entries, first entry."""
         return list(self._cfg.levels)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, planar: bool = False) -> torch.Tensor:
+        """x [..., n_input_dims] -> [..., n_output_dims] (level-major columns), or with planar
+        [n_levels, ..., n_features_per_level] (see :func:`fastgen.ops.hashgrid_encode`)."""
         if x.shape[-1:] != (self.n_input_dims,):
             raise ValueError(f"HashGridEncoding: x must be [..., {self.n_input_dims}], got "
                              f"{list(x.shape)}")
-        return hashgrid_encode(x, self.params, backend=self.backend, **self._kwargs)
+        return hashgrid_encode(x, self.params, backend=self.backend, planar=planar,
+                               **self._kwargs)
 
     def extra_repr(self) -> str:
         kw = self._kwargs

@@ -132,7 +132,7 @@ def hashgrid_encode(x: torch.Tensor, params: torch.Tensor, *, n_levels: int = 16
                     n_features_per_level: int = 2, log2_hashmap_size: int = 19,
                     base_resolution: int = 16, per_level_scale: float = 2.0,
                     interpolation: str = "Linear", grid_type: str = "Hash",
-                    backend: Optional[str] = None) -> torch.Tensor:
+                    backend: Optional[str] = None, planar: bool = False) -> torch.Tensor:
     """Encode points with a multiresolution hash grid, exactly as tiny-cuda-nn's HashGrid.
 
     Args:
@@ -151,9 +151,13 @@ def hashgrid_encode(x: torch.Tensor, params: torch.Tensor, *, n_levels: int = 16
         grid_type: "Hash" (default), "Dense" or "Tiled" (tcnn's grid types).
         backend: "cuda", "cpu" or "reference"; default: FASTGEN_BACKEND, else the fastest
             available (see fastgen.registry).
+        planar: return the encoding as [L, ..., F] (``out[l, ..., f]`` = column l * F + f of
+            the default layout): the layout the cpu kernels compute, returned without the
+            transposed copy; :func:`fastgen.ops.fused_mlp_mse` reads it as is (``planar=True``).
+            Other backends return a permuted view of their [..., L * F] output.
 
     Returns:
-        [..., L * F] in params' dtype, level-major (column l * F + f).
+        [..., L * F] in params' dtype, level-major (column l * F + f); [L, ..., F] if planar.
     """
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError(f"hashgrid_encode: x must be a floating-point torch.Tensor, got "
@@ -167,8 +171,15 @@ def hashgrid_encode(x: torch.Tensor, params: torch.Tensor, *, n_levels: int = 16
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1]).to(work).contiguous()
     args = (x2, params.contiguous(), cfg)
-    out = _OP.select(x.device.type, args, backend).fn(*args)
-    return out.reshape(*lead, len(cfg.levels) * cfg.F)
+    chosen = _OP.select(x.device.type, args, backend)
+    L, F = len(cfg.levels), cfg.F
+    if not planar:
+        return chosen.fn(*args).reshape(*lead, L * F)
+    if chosen.name == "cpu":
+        out = torch.ops.fastgen.hashgrid_fwd_planar(x2, params.contiguous(), *_op_args(cfg))
+    else:
+        out = chosen.fn(*args).reshape(-1, L, F).transpose(0, 1)
+    return out.reshape(L, *lead, F)
 
 
 def _check_params(params, x, cfg: _Config) -> None:
@@ -197,6 +208,10 @@ def _fake_fwd(x, params, offsets, scales, F, interpolation, use_hash):
     return params.new_empty((x.shape[0], len(scales) * F))
 
 
+def _fake_fwd_planar(x, params, offsets, scales, F, interpolation, use_hash):
+    return params.new_empty((len(scales), x.shape[0], F))
+
+
 def _fake_bwd(grad_out, x, params, offsets, scales, F, interpolation, use_hash, need_params,
               need_x):
     return (params.new_empty(params.shape if need_params else (0,)),
@@ -218,6 +233,9 @@ def _backward_fwd(ctx, grad_out):
     x, params = ctx.saved_tensors
     offsets, scales, F, interpolation, use_hash = ctx.rest
     need_x, need_p = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    if grad_out.dim() == 3 and (torch.is_grad_enabled() or x.is_cuda):
+        # hashgrid_fwd_planar's [L, N, F]: only the CPU kernel reads it as is
+        grad_out = grad_out.transpose(0, 1).reshape(x.shape[0], -1)
     if torch.is_grad_enabled():  # create_graph=True: differentiate through the reference
         return _reference_grads(grad_out, x, params, ctx.rest, need_x, need_p) + (None,) * 5
     grad_out = grad_out.to(params.dtype).contiguous()
@@ -273,6 +291,10 @@ if _ext.has_op("hashgrid_fwd"):
     torch.library.register_fake("fastgen::hashgrid_bwd")(_fake_bwd)
     torch.library.register_fake("fastgen::hashgrid_corners")(_fake_corners)
     torch.library.register_autograd("fastgen::hashgrid_fwd", _backward_fwd,
+                                    setup_context=_setup_fwd)
+if _ext.has_op("hashgrid_fwd_planar"):
+    torch.library.register_fake("fastgen::hashgrid_fwd_planar")(_fake_fwd_planar)
+    torch.library.register_autograd("fastgen::hashgrid_fwd_planar", _backward_fwd,
                                     setup_context=_setup_fwd)
 
 

@@ -35,7 +35,7 @@ from ..reference import mlp as _ref
 from ..reference.mlp import ACTIVATIONS
 from ._names import tcnn_choice
 
-__all__ = ["fused_mlp", "ACTIVATIONS", "HIDDEN_ACTIVATIONS"]
+__all__ = ["fused_mlp", "fused_mlp_mse", "ACTIVATIONS", "HIDDEN_ACTIVATIONS"]
 
 HIDDEN_ACTIVATIONS = ("None", "ReLU")   # the output layer takes any of ACTIVATIONS
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -62,7 +62,83 @@ def fused_mlp(x: torch.Tensor, weights: Sequence[torch.Tensor], *, activation: s
     Returns:
         [..., O] in x's dtype; differentiable to x and every weight.
     """
-    name = "fused_mlp"
+    act, out_act, weights = _check_args("fused_mlp", x, weights, activation, output_activation)
+    lead = x.shape[:-1]
+    x2 = x.reshape(math.prod(lead), x.shape[-1])
+    args = (x2, weights, act, out_act)
+    out = _OP.select(x.device.type, args, backend).fn(*args)
+    return out.reshape(*lead, weights[-1].shape[0])
+
+
+def fused_mlp_mse(x: torch.Tensor, weights: Sequence[torch.Tensor], target: torch.Tensor, *,
+                  activation: str = "ReLU", output_activation: str = "None",
+                  backend: Optional[str] = None, planar: bool = False) -> torch.Tensor:
+    """The mean squared error of :func:`fused_mlp`'s output against ``target``, in one pass:
+    ``((fused_mlp(x, weights, ...) - target) ** 2).mean()``.
+
+    For training loops whose loss is an L2 loss straight on the MLP's output (a neural image, a
+    NeRF's colour fit). On the ``cpu`` backend each tile of rows runs forward, loss and backward
+    while its activations are in cache, so no hidden activation is stored: the gradients to x and
+    the weights are computed during this call whenever autograd will need them (grad mode on and
+    an input requires grad), and ``loss.backward()`` only scales them by the incoming gradient.
+    (Liger-Kernel's fused linear cross-entropy computes its gradients in the forward the same
+    way.) Without autograd it costs a forward.
+
+    Args:
+        x, weights, activation, output_activation, backend: as :func:`fused_mlp`.
+        target: [..., O] like the output (x's leading dims, the last weight's rows), x's dtype
+            and device; it may require grad.
+        planar: x is given planar, [G, M, F] for the input matrix [M, G * F] (column g * F + f
+            = ``x[g, m, f]``): :func:`fastgen.ops.hashgrid_encode`'s ``planar=True`` output, read
+            without a transposed copy (the cpu backend; the reference transposes). target is
+            then [M, O].
+
+    Returns:
+        A scalar of x's dtype (the squared errors are summed in float64 on the ``cpu`` backend);
+        NaN when there are no rows (as ``torch.mean`` of nothing).
+    """
+    if planar:
+        if not isinstance(x, torch.Tensor) or x.ndim != 3:
+            raise ValueError(f"fused_mlp_mse: planar x must be [G, M, F], got "
+                             f"{list(x.shape) if isinstance(x, torch.Tensor) else type(x)}")
+        act, out_act, weights = _check_args("fused_mlp_mse", x, weights, activation,
+                                            output_activation, k=x.shape[0] * x.shape[2])
+        _check_target(target, (x.shape[1], weights[-1].shape[0]), x)
+        args = (x, weights, target, act, out_act)
+        chosen = _MSE.select(x.device.type, args, backend)
+        if chosen.name != "cpu":   # the [M, G * F] matrix x stands for
+            args = (_unplanar(x), weights, target, act, out_act)
+        return chosen.fn(*args)
+    act, out_act, weights = _check_args("fused_mlp_mse", x, weights, activation,
+                                        output_activation)
+    out_shape = (*x.shape[:-1], weights[-1].shape[0])
+    _check_target(target, out_shape, x)
+    rows = math.prod(x.shape[:-1])
+    args = (x.reshape(rows, x.shape[-1]), weights, target.reshape(rows, out_shape[-1]), act,
+            out_act)
+    return _MSE.select(x.device.type, args, backend).fn(*args)
+
+
+def _check_target(target, out_shape, x) -> None:
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"fused_mlp_mse: target must be a torch.Tensor, got "
+                        f"{type(target).__name__}")
+    if tuple(target.shape) != tuple(out_shape):
+        raise ValueError(f"fused_mlp_mse: target must be {list(out_shape)} (the MLP's output for "
+                         f"x), got {list(target.shape)}")
+    if target.dtype != x.dtype or target.device != x.device:
+        raise TypeError(f"fused_mlp_mse: target is {target.dtype} on {target.device}; x is "
+                        f"{x.dtype} on {x.device} (one dtype and device expected)")
+
+
+def _unplanar(x: torch.Tensor) -> torch.Tensor:
+    """Planar [G, M, F] -> the [M, G * F] matrix it stores (a copy)."""
+    return x.transpose(0, 1).reshape(x.shape[1], x.shape[0] * x.shape[2])
+
+
+def _check_args(name: str, x, weights, activation, output_activation, k=None):
+    """Checks fused_mlp's arguments (k: x's width, default x.shape[-1]); returns (activation,
+    output_activation, weights as a list)."""
     if not isinstance(x, torch.Tensor) or x.dtype not in _DTYPES:
         raise TypeError(f"{name}: x must be a float16, bfloat16, float32 or float64 tensor, got "
                         f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}")
@@ -77,7 +153,7 @@ def fused_mlp(x: torch.Tensor, weights: Sequence[torch.Tensor], *, activation: s
     if len(weights) < 2:
         raise ValueError(f"{name}: weights must hold at least 2 matrices (one hidden layer), "
                          f"got {len(weights)}")
-    k = x.shape[-1]
+    k = x.shape[-1] if k is None else k
     for i, w in enumerate(weights):
         if not isinstance(w, torch.Tensor):
             raise TypeError(f"{name}: weights[{i}] must be a torch.Tensor, got "
@@ -93,11 +169,7 @@ def fused_mlp(x: torch.Tensor, weights: Sequence[torch.Tensor], *, activation: s
             raise ValueError(f"{name}: every hidden layer must have one width "
                              f"{weights[0].shape[0]}, weights[{i}] has {w.shape[0]}")
         k = w.shape[0]
-    lead = x.shape[:-1]
-    x2 = x.reshape(math.prod(lead), x.shape[-1])
-    args = (x2, weights, act, out_act)
-    out = _OP.select(x.device.type, args, backend).fn(*args)
-    return out.reshape(*lead, weights[-1].shape[0])
+    return act, out_act, weights
 
 
 # --- C++ ops: fake kernels and autograd ----------------------------------------------------------
@@ -153,10 +225,74 @@ def _backward_fwd(ctx, grad_y, grad_hidden):
     return (gx if need_x else None), list(gw), None, None, None
 
 
+def _fake_mse(x, weights, target, activation, output_activation, need_grad, need_x):
+    gx = x.new_empty(x.shape if need_grad and need_x else (0,))
+    gw = [torch.empty_like(w) if need_grad else w.new_empty(0) for w in weights]
+    return x.new_empty(()), x.new_empty(target.shape), gx, gw
+
+
+def _is_one(grad: torch.Tensor) -> bool:
+    """Whether a CPU scalar gradient is exactly 1 (read eagerly; False while compiling)."""
+    return (grad.device.type == "cpu" and grad.numel() == 1 and
+            not torch.compiler.is_compiling() and grad.item() == 1.0)
+
+
+def _setup_mse(ctx, inputs, output):
+    x, weights, target, activation, output_activation, need_grad, need_x = inputs
+    _, y, gx, gw = output
+    ctx.mark_non_differentiable(y, gx, *gw)
+    ctx.set_materialize_grads(False)
+    ctx.n = len(weights)
+    ctx.codes = (activation, output_activation)
+    ctx.need_grad = need_grad
+    ctx.save_for_backward(x, target, y, *weights)
+    # The gradients are handed over (not saved): the first backward with an incoming gradient of
+    # 1 returns them as they are, and the caller owns them (x.grad may be accumulated into in
+    # place); a later backward through a retained graph computes them again.
+    ctx.grads = (gx, list(gw)) if need_grad else None
+
+
+def _backward_mse(ctx, grad_loss, *_):
+    x, target, y, *weights = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    if grad_loss is None:
+        grad_loss = y.new_zeros(())
+    if torch.is_grad_enabled():   # create_graph=True: differentiate through the reference
+        act, out_act = (ACTIVATIONS[c] for c in ctx.codes)
+        inputs = [t for t in (x, *weights, target) if t.requires_grad]
+        with torch.enable_grad():
+            loss = _ref.fused_mlp_mse(_unplanar(x) if x.dim() == 3 else x, weights, target, act,
+                                      out_act)
+            found = iter(torch.autograd.grad(loss, inputs, grad_loss, create_graph=True,
+                                             allow_unused=True))
+        gx, *gw, gt = [next(found) if t.requires_grad else None for t in (x, *weights, target)]
+        gw = [g if g is not None else torch.zeros_like(w) for g, w in zip(gw, weights)]
+        return gx, gw, gt, None, None, None, None
+    if not ctx.need_grad:
+        raise RuntimeError("fused_mlp_mse: mlp_mse ran with need_grad=False; its backward needs "
+                           "the gradients it computes with need_grad=True")
+    if ctx.grads is None:   # handed over to an earlier backward: computed again
+        _, _, gx, gw = torch.ops.fastgen.mlp_mse(x, weights, target, *ctx.codes, True, needs[0])
+    else:
+        gx, gw = ctx.grads
+    if _is_one(grad_loss):   # loss.backward(): the gradients as computed, no pass over gx
+        ctx.grads = None
+        gx = gx if needs[0] else None
+    else:
+        gx = gx * grad_loss if needs[0] else None
+        gw = [g * grad_loss for g in gw]
+    # d loss / d target = -2 (y - target) / numel
+    gt = (target - y) * (2.0 / max(y.numel(), 1)) * grad_loss if needs[2] else None
+    return gx, gw, gt, None, None, None, None
+
+
 if _ext.has_op("mlp_fwd"):
     torch.library.register_fake("fastgen::mlp_fwd")(_fake_fwd)
     torch.library.register_fake("fastgen::mlp_bwd")(_fake_bwd)
     torch.library.register_autograd("fastgen::mlp_fwd", _backward_fwd, setup_context=_setup_fwd)
+if _ext.has_op("mlp_mse"):
+    torch.library.register_fake("fastgen::mlp_mse")(_fake_mse)
+    torch.library.register_autograd("fastgen::mlp_mse", _backward_mse, setup_context=_setup_mse)
 
 
 # --- backends ----------------------------------------------------------------------------------
@@ -180,4 +316,25 @@ _OP = registry.register("fused_mlp", [
                      available=functools.partial(_ext.native_available, "mlp_fwd"),
                      check=_check_cpu, summary="csrc/cpu/mlp.cpp"),
     registry.Backend("reference", _ref.fused_mlp, summary="fastgen/reference/mlp.py"),
+])
+
+
+def _run_cpu_mse(x, weights, target, act, out_act):
+    need = torch.is_grad_enabled() and any(t.requires_grad for t in (x, *weights, target))
+    loss, *_ = torch.ops.fastgen.mlp_mse(x.contiguous(), [w.contiguous() for w in weights],
+                                         target.contiguous(), *_codes(act, out_act), need,
+                                         need and x.requires_grad)
+    return loss
+
+
+def _check_cpu_mse(x, weights, target, act, out_act) -> Optional[str]:
+    return _check_cpu(x, weights, act, out_act)
+
+
+_MSE = registry.register("fused_mlp_mse", [
+    registry.Backend("cpu", _run_cpu_mse, devices=("cpu",),
+                     available=functools.partial(_ext.native_available, "mlp_mse"),
+                     check=_check_cpu_mse, summary="csrc/cpu/mlp.cpp (forward, loss and "
+                     "backward in one pass)"),
+    registry.Backend("reference", _ref.fused_mlp_mse, summary="fastgen/reference/mlp.py"),
 ])

@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ACTIVATIONS", "fused_mlp", "activate"]
+__all__ = ["ACTIVATIONS", "fused_mlp", "fused_mlp_mse", "activate"]
 
 # Index = the code the C++ kernels take (csrc/cpu/mlp.cpp); hidden layers: None or ReLU.
 ACTIVATIONS = ("None", "ReLU", "Sigmoid")
@@ -37,3 +37,9 @@ def fused_mlp(x: torch.Tensor, weights: Sequence[torch.Tensor], activation: str 
     for w in weights[:-1]:
         h = activate(F.linear(h, w), activation)
     return activate(F.linear(h, weights[-1]), output_activation)
+
+
+def fused_mlp_mse(x: torch.Tensor, weights: Sequence[torch.Tensor], target: torch.Tensor,
+                  activation: str = "ReLU", output_activation: str = "None") -> torch.Tensor:
+    """mean((fused_mlp(x, weights) - target)²) over every element: a scalar."""
+    return (fused_mlp(x, weights, activation, output_activation) - target).square().mean()

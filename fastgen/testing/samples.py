@@ -124,12 +124,16 @@ def _hashgrid_configs(device) -> list[tuple]:
 
 
 def _hashgrid_bwd_samples(device) -> list[tuple]:
+    """hashgrid_bwd on each config with each gradient asked for, grad_out point-major, and
+    planar [L, N, F] (hashgrid_fwd_planar's) on the CPU."""
     out = []
     for x, params, offsets, scales, F, interp, use_hash in _hashgrid_configs(device):
         g = make_tensor((x.shape[0], len(scales) * F), params.dtype, device)
+        planes = make_tensor((len(scales), x.shape[0], F), params.dtype, device)
         for need_p, need_x in ((True, True), (True, False), (False, True)):
-            out.append((g, x.detach(), params.detach(), offsets, scales, F, interp, use_hash,
-                        need_p, need_x))
+            for grad in (g, planes) if device == "cpu" else (g,):
+                out.append((grad, x.detach(), params.detach(), offsets, scales, F, interp,
+                            use_hash, need_p, need_x))
     return out
 
 
@@ -230,6 +234,24 @@ def _mlp_bwd_samples(device) -> list[tuple]:
     return out
 
 
+def _mlp_mse_samples(device) -> list[tuple]:
+    """(x, weights, target, activation, output_activation, need_grad, need_x): mlp_fwd's samples
+    with a target, gradients on and off, and x planar [G, M, F] (odd F, rows past a tile). Not
+    the empty batch: its loss is NaN (a mean of nothing), which opcheck's comparisons reject;
+    tests/ops/test_mlp.py covers it."""
+    out = []
+    for i, (x, ws, act, out_act, _) in enumerate(_mlp_fwd_samples(device)):
+        if x.shape[0] == 0:
+            continue
+        target = make_tensor((x.shape[0], ws[-1].shape[0]), x.dtype, device)
+        out.append((x.detach(), [w.detach() for w in ws], target, act, out_act, i != 4, i % 2 == 0))
+    for G, M, F in ((3, 130, 2), (2, 7, 3)):
+        x = make_tensor((G, M, F), torch.float32, device)
+        ws = [make_tensor(s, torch.float32, device) for s in ((16, G * F), (16, 16), (3, 16))]
+        out.append((x, ws, make_tensor((M, 3), torch.float32, device), 1, 0, True, True))
+    return out
+
+
 def _rms_norm_samples(device) -> list[tuple]:
     """(x, weight, eps): a decode row, odd widths, a transposed x, bfloat16, float64, no rows."""
     def t(*shape, dtype=torch.float32):
@@ -316,6 +338,7 @@ OPCHECK_SAMPLES: dict[str, tuple[str, str, Callable[[str], list[tuple]]]] = {
     "fastgen::attention_fwd_triton": ("attention", "triton", _attention_fwd_samples),
     "fastgen::attention_bwd_triton": ("attention", "triton", _attention_bwd_samples),
     "fastgen::hashgrid_fwd": ("hashgrid", "cpu", _hashgrid_configs),
+    "fastgen::hashgrid_fwd_planar": ("hashgrid", "cpu", _hashgrid_configs),
     "fastgen::hashgrid_bwd": ("hashgrid", "cpu", _hashgrid_bwd_samples),
     "fastgen::hashgrid_corners": ("hashgrid", "cpu", _hashgrid_corners_samples),
     "fastgen::sampler_step": ("sampler_step", "cpu", _sampler_step_samples),
@@ -325,6 +348,7 @@ OPCHECK_SAMPLES: dict[str, tuple[str, str, Callable[[str], list[tuple]]]] = {
     "fastgen::decode_linear": ("decode_linear", "cpu", _decode_linear_samples),
     "fastgen::mlp_fwd": ("fused_mlp", "cpu", _mlp_fwd_samples),
     "fastgen::mlp_bwd": ("fused_mlp", "cpu", _mlp_bwd_samples),
+    "fastgen::mlp_mse": ("fused_mlp_mse", "cpu", _mlp_mse_samples),
     "fastgen::rms_norm": ("rms_norm", "cpu", _rms_norm_samples),
     "fastgen::rms_norm_triton": ("rms_norm", "triton", _rms_norm_samples),
     "fastgen::rotary": ("apply_rotary", "cpu", _rotary_samples),

@@ -54,6 +54,26 @@ def test_train_step_is_the_l2_loss_on_the_chosen_pixels(gen):
         train_step(model, adam(model.parameters()), samples[:, :4], idx)
 
 
+def test_loss_is_the_plain_l2_loss_with_its_gradients(gen):
+    """NeuralImage.loss (fused MLP + loss, planar encoding) against the unfused
+    ``(model(xy) - target)²`` on the same weights: loss and every parameter gradient, with each
+    backend combination (the planar path only when no backend is forced to the reference)."""
+    torch.manual_seed(int(torch.randint(0, 2**31, (), generator=gen)))
+    model = NeuralImage(20, 24, n_levels=6, log2_hashmap_size=9, hidden=16)
+    xy, target = torch.rand(333, 2, generator=gen), torch.rand(333, 3, generator=gen)
+    want = (model(xy) - target).square().mean()
+    want_grads = torch.autograd.grad(want, list(model.parameters()))
+    for enc, mlp in ((None, None), ("reference", None), (None, "reference")):
+        model.encoding.backend, model.mlp.backend = enc, mlp
+        loss = model.loss(xy, target)
+        torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-8)
+        for a, b in zip(torch.autograd.grad(loss, list(model.parameters())), want_grads,
+                        strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="xy must be \\[N, 2\\]"):
+        model.loss(xy[None], target)
+
+
 def test_model_defaults_reach_the_image_resolution():
     model = NeuralImage(512, 300)
     assert model.encoding.levels()[-1].resolution >= 512   # one vertex per pixel or more

@@ -535,3 +535,29 @@ def test_cuda_deterministic_mode_is_bitwise_reproducible(gen):
         warnings.simplefilter("ignore")
         ref = _fwd_bwd(hashgrid_encode, x, params, g, backend="cuda", **NERF)[2]
     _assert_matches(grads[0], ref, what="deterministic vs atomic grad")
+
+
+@pytest.mark.parametrize("F", [1, 2, 4])
+@pytest.mark.parametrize("backend", [b for b in available_backends("hashgrid", "cpu")])
+def test_planar_layout_is_the_same_encoding(backend, F, gen):
+    """planar=True: [L, ..., F] with out[l, ..., f] = column l * F + f of the default output,
+    and gradients through it (to x and params) equal to those through the default layout —
+    bitwise on the cpu backend, whose planar gradient skips the level-major copy."""
+    x, params = _inputs(301, 3, F, gen)
+    x = x.reshape(7, 43, 3)
+    kw = dict(SMALL, n_features_per_level=F)
+    g = torch.randn(7, 43, 5 * F, generator=gen)
+    y, gx, gp = _fwd_bwd(hashgrid_encode, x, params, g, backend=backend, **kw)
+    gplanar = g.reshape(7, 43, 5, F).permute(2, 0, 1, 3)
+    yp, gxp, gpp = _fwd_bwd(hashgrid_encode, x, params, gplanar, backend=backend, planar=True,
+                            **kw)
+    assert yp.shape == (5, 7, 43, F)
+    assert torch.equal(yp.permute(1, 2, 0, 3).reshape(7, 43, 5 * F), y)
+    if backend == "cpu":
+        assert yp.is_contiguous()
+    assert torch.equal(gp, gpp) and torch.equal(gx, gxp)
+    # the params gradient alone (no x gradient: the cpu kernel reads the planar gradient as is)
+    p = params.detach().requires_grad_()
+    alone, = torch.autograd.grad(hashgrid_encode(x, p, backend=backend, planar=True, **kw), p,
+                                 gplanar)
+    assert torch.equal(alone, gp)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fastgen.nn import FusedMLP
-from fastgen.ops import fused_mlp
+from fastgen.ops import fused_mlp, fused_mlp_mse
 from fastgen.reference import mlp as ref
 from fastgen.testing import available_backends, devices
 from fastgen.testing.compare import poisoned
@@ -245,3 +245,182 @@ def test_bad_input(gen):
             torch.ops.fastgen.mlp_bwd(y, x, ws, y, [hidden[0][:2]], 1, 0, True)
         with pytest.raises(RuntimeError, match="grad_y must be .* \\(not contiguous\\)"):
             torch.ops.fastgen.mlp_bwd(torch.randn(2, 4).t(), x, ws, y, hidden, 1, 0, True)
+
+
+# --- fused_mlp_mse -------------------------------------------------------------------------------
+
+MSE_CASES = [(d, b) for d in devices() for b in available_backends("fused_mlp_mse", d)]
+MSE_NATIVE = [b for b in available_backends("fused_mlp_mse", "cpu") if b != "reference"]
+
+
+def _planar(x: torch.Tensor, F: int) -> torch.Tensor:
+    """[M, G * F] -> its planar [G, M, F] form."""
+    return x.reshape(x.shape[0], -1, F).transpose(0, 1).contiguous()
+
+
+def _mse_and_grads(x, ws, t, backend, act, out_act, planar_f=0, scale=1.0):
+    """fused_mlp_mse's loss and its gradients to x ([M, K], whatever the layout used), the
+    weights and the target."""
+    x = x.detach().clone().requires_grad_()
+    ws = [w.detach().clone().requires_grad_() for w in ws]
+    t = t.detach().clone().requires_grad_()
+    with poisoned():
+        arg = _planar(x, planar_f) if planar_f else x
+        loss = fused_mlp_mse(arg, ws, t, activation=act, output_activation=out_act,
+                             backend=backend, planar=bool(planar_f))
+        grads = torch.autograd.grad(loss * scale, [x, *ws, t])
+    return [loss.detach(), *grads]
+
+
+@pytest.mark.parametrize("device,backend", MSE_CASES)
+@pytest.mark.parametrize("M,G,F,H,n_out,n_hidden", [(1, 1, 2, 16, 3, 2), (96, 16, 2, 64, 3, 2),
+                                                    (2000, 3, 1, 24, 17, 3), (97, 2, 4, 8, 1, 1),
+                                                    (1300, 5, 3, 32, 4, 2)])
+@pytest.mark.parametrize("act,out_act", [("ReLU", "None"), ("ReLU", "Sigmoid"), ("None", "ReLU"),
+                                         ("None", "Sigmoid")])
+@pytest.mark.parametrize("planar", [False, True])
+def test_mse_matches_float64_truth(device, backend, M, G, F, H, n_out, n_hidden, act, out_act,
+                                   planar, gen):
+    """Loss and gradients (x, every weight, the target) of the fused loss against the reference
+    loss in float64; x given planar or as rows; rows past a tile (96) and a chunk (768)."""
+    K = G * F
+    x = torch.randn(M, K, generator=gen, dtype=torch.float64).to(device)
+    ws = [w.to(device) for w in _net(K, H, n_out, n_hidden, gen=gen)]
+    t = torch.rand(M, n_out, generator=gen, dtype=torch.float64).to(device)
+    pf = F if planar else 0
+    truth = _mse_and_grads(x, ws, t, "reference", act, out_act)
+    got = _mse_and_grads(x, ws, t, backend, act, out_act, pf)
+    for a, b in zip(got, truth, strict=True):
+        assert a.dtype == torch.float64 and a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-13)
+    # float32 against the float64 truth of the same rounded inputs (ReLU nets: the loss only,
+    # as in test_matches_float64_truth)
+    x32, ws32, t32 = x.float(), [w.float() for w in ws], t.float()
+    got32 = _mse_and_grads(x32, ws32, t32, backend, act, out_act, pf)
+    truth32 = _mse_and_grads(x32.double(), [w.double() for w in ws32], t32.double(), "reference",
+                             act, out_act)
+    smooth = "ReLU" not in (act, out_act)
+    for i, (a, b) in enumerate(zip(got32, truth32)):
+        assert a.dtype == torch.float32 and a.shape == b.shape
+        if i == 0 or smooth:
+            err = (a.double() - b).abs().max().item()
+            assert err <= 2e-5 * (b.abs().max().item() + 1e-30) + 1e-7, i
+
+
+@pytest.mark.parametrize("backend", MSE_NATIVE)
+def test_mse_backward_scales_and_repeats(backend, gen):
+    """loss.backward() with any incoming gradient (scaled losses, a sum with another term), and
+    backward twice through one graph (retain_graph): the saved gradients are never changed."""
+    x = torch.randn(300, 6, generator=gen, requires_grad=True)
+    ws = [w.float().requires_grad_() for w in _net(6, 16, 3, 2, gen=gen)]
+    t = torch.rand(300, 3, generator=gen)
+    want = torch.autograd.grad(ref.fused_mlp_mse(x, ws, t) * -2.5, [x, *ws])
+    loss = fused_mlp_mse(x, ws, t, backend=backend)
+    for _ in range(2):
+        got = torch.autograd.grad(loss * -2.5 + x.sum() * 0, [x, *ws], retain_graph=True)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    ones = torch.autograd.grad(loss, [x, *ws], retain_graph=True)   # handed over as computed
+    kept = [g.clone() for g in ones]
+    for a, b in zip(ones, want, strict=True):
+        torch.testing.assert_close(a * -2.5, b, rtol=1e-5, atol=1e-7)
+    # .grad of the leaves, accumulated in place by the second loss: the gradients returned
+    # before are not aliased by them
+    loss.backward()
+    fused_mlp_mse(x, ws, t, backend=backend).backward()
+    for leaf, g, k in zip([x, *ws], ones, kept, strict=True):
+        assert torch.equal(g, k)
+        torch.testing.assert_close(leaf.grad, k * 2, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("backend", MSE_NATIVE)
+def test_mse_inference_partial_and_empty(backend, gen):
+    """No autograd (no gradient work, same loss), frozen inputs, and no rows (NaN loss, zero
+    weight gradients, as torch.mean of nothing)."""
+    x = torch.randn(50, 4, generator=gen)
+    ws = [w.float() for w in _net(4, 8, 2, 2, gen=gen)]
+    t = torch.rand(50, 2, generator=gen)
+    want = ref.fused_mlp_mse(x, ws, t)
+    with torch.no_grad():
+        torch.testing.assert_close(fused_mlp_mse(x, ws, t, backend=backend), want)
+    loss, y, gx, gw = torch.ops.fastgen.mlp_mse(x, ws, t, 1, 0, False, False)
+    torch.testing.assert_close(loss, want)
+    torch.testing.assert_close(y, ref.fused_mlp(x, ws), rtol=2e-6, atol=1e-6)
+    assert gx.numel() == 0 and all(g.numel() == 0 for g in gw)
+    wf = [ws[0], ws[1].clone().requires_grad_(), ws[2]]
+    g1, = torch.autograd.grad(fused_mlp_mse(x, wf, t, backend=backend), [wf[1]])
+    torch.testing.assert_close(g1, torch.autograd.grad(ref.fused_mlp_mse(x, wf, t), [wf[1]])[0],
+                               rtol=1e-5, atol=1e-7)
+    we = [w.clone().requires_grad_() for w in ws]
+    empty = fused_mlp_mse(x[:0], we, t[:0], backend=backend)
+    assert empty.isnan() and empty.shape == ()
+    empty.backward()
+    assert all(w.grad is not None and not w.grad.any() for w in we)
+
+
+@pytest.mark.parametrize("backend", MSE_NATIVE)
+def test_mse_gradcheck_and_second_order(backend, gen):
+    x = torch.randn(11, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    ws = [w.requires_grad_() for w in _net(4, 8, 2, 2, gen=gen)]
+    t = torch.rand(11, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    for planar in (False, True):
+        def f(x, t, *w, planar=planar):
+            arg = _planar(x, 2) if planar else x
+            return fused_mlp_mse(arg, list(w), t, output_activation="Sigmoid", backend=backend,
+                                 planar=planar)
+
+        assert torch.autograd.gradcheck(f, (x, t, *ws))
+        assert torch.autograd.gradgradcheck(f, (x, t, *ws))
+
+
+@pytest.mark.parametrize("backend", MSE_NATIVE)
+def test_mse_deterministic_across_threads_and_compiles(backend, gen):
+    x = torch.randn(5000, 8, generator=gen)
+    ws = [w.float() for w in _net(8, 32, 3, 2, gen=gen)]
+    t = torch.rand(5000, 3, generator=gen)
+    results = []
+    old = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            results.append(_mse_and_grads(x, ws, t, backend, "ReLU", "None", planar_f=2))
+    finally:
+        torch.set_num_threads(old)
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            assert torch.equal(a, b)
+    f = torch.compile(lambda x, ws, t: fused_mlp_mse(x, ws, t, backend=backend), fullgraph=True)
+    xs, wr = x[:100].requires_grad_(), [w.requires_grad_() for w in ws]
+    loss = f(xs, wr, t[:100])
+    want = ref.fused_mlp_mse(xs, wr, t[:100])
+    torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-7)
+    for a, b in zip(torch.autograd.grad(loss, [xs, *wr]), torch.autograd.grad(want, [xs, *wr])):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_mse_bad_input(gen):
+    x = torch.randn(4, 6, generator=gen)
+    ws = [torch.randn(8, 6, generator=gen), torch.randn(2, 8, generator=gen)]
+    t = torch.rand(4, 2, generator=gen)
+    with pytest.raises(ValueError, match="target must be \\[4, 2\\]"):
+        fused_mlp_mse(x, ws, t[:, :1])
+    with pytest.raises(TypeError, match="target is torch.float64"):
+        fused_mlp_mse(x, ws, t.double())
+    with pytest.raises(TypeError, match="target must be a torch.Tensor"):
+        fused_mlp_mse(x, ws, [[0.0, 0.0]] * 4)
+    with pytest.raises(ValueError, match="weights\\[0\\] must be \\[N, 6\\]"):
+        fused_mlp_mse(x, [torch.randn(8, 5), ws[1]], t)
+    with pytest.raises(ValueError, match="planar x must be \\[G, M, F\\]"):
+        fused_mlp_mse(x, ws, t, planar=True)
+    with pytest.raises(ValueError, match="target must be \\[3, 2\\]"):     # planar [G, M, F]
+        fused_mlp_mse(torch.randn(2, 3, 3), ws, t, planar=True)
+    with pytest.raises(ValueError, match="weights\\[0\\] must be \\[N, 4\\]"):
+        fused_mlp_mse(torch.randn(2, 4, 2), ws, t, planar=True)
+    if MSE_NATIVE:
+        with pytest.raises(RuntimeError, match="target must be a contiguous \\[4, 2\\]"):
+            torch.ops.fastgen.mlp_mse(x, ws, torch.rand(2, 4).t(), 1, 0, True, True)
+        with pytest.raises(RuntimeError, match="weights\\[0\\] must be a contiguous \\[N, 4\\]"):
+            torch.ops.fastgen.mlp_mse(torch.randn(2, 4, 2), ws, t, 1, 0, True, True)
+        with pytest.raises(RuntimeError, match="planar x must be a contiguous"):
+            torch.ops.fastgen.mlp_mse(torch.randn(2, 8, 3).transpose(0, 1), ws, t, 1, 0, True,
+                                      True)
