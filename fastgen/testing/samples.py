@@ -252,6 +252,16 @@ def _mlp_mse_samples(device) -> list[tuple]:
     return out
 
 
+def _gather_rows_samples(device) -> list[tuple]:
+    """(table, index): float32 with int64 indices, uint8 with int32, a zero-width table, none."""
+    return [(make_tensor((9, 5), torch.float32, device), torch.tensor([3, 0, 8, 3], device=device)),
+            (torch.arange(12, dtype=torch.uint8, device=device).reshape(4, 3),
+             torch.tensor([1, 1, 2], dtype=torch.int32, device=device)),
+            (make_tensor((6, 0), torch.float32, device), torch.tensor([5], device=device)),
+            (make_tensor((3, 2), torch.float64, device),
+             torch.zeros(0, dtype=torch.int64, device=device))]
+
+
 def _rms_norm_samples(device) -> list[tuple]:
     """(x, weight, eps): a decode row, odd widths, a transposed x, bfloat16, float64, no rows."""
     def t(*shape, dtype=torch.float32):
@@ -349,6 +359,7 @@ OPCHECK_SAMPLES: dict[str, tuple[str, str, Callable[[str], list[tuple]]]] = {
     "fastgen::mlp_fwd": ("fused_mlp", "cpu", _mlp_fwd_samples),
     "fastgen::mlp_bwd": ("fused_mlp", "cpu", _mlp_bwd_samples),
     "fastgen::mlp_mse": ("fused_mlp_mse", "cpu", _mlp_mse_samples),
+    "fastgen::gather_rows": ("gather_rows", "cpu", _gather_rows_samples),
     "fastgen::rms_norm": ("rms_norm", "cpu", _rms_norm_samples),
     "fastgen::rms_norm_triton": ("rms_norm", "triton", _rms_norm_samples),
     "fastgen::rotary": ("apply_rotary", "cpu", _rotary_samples),
