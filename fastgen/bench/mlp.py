@@ -3,10 +3,14 @@
 fused_mlp rows: forward + backward (input and weight gradients) of the networks behind hash-grid
 encodings, fastgen's kernel against the reference (F.linear + relu per layer, autograd).
 
+fused_mlp_mse: the image network with an L2 loss on its output, loss and gradients (x and the
+weights): fastgen's one-pass kernel against the reference MLP + loss through autograd.
+
 image_fit: one training step of fastgen.models.NeuralImage as fastgen.models.image.fit_image
 runs it (2^16 random pixels of a 512 x 512 picture, hash grid T = 2^15 as the demo's default,
-bias-free 32-64-64-3 MLP, L2 loss, Adam), with fastgen's kernels against the same model on the
-reference kernels (hash grid and MLP). Both models start from the same weights, so the error
+bias-free 32-64-64-3 MLP, L2 loss, Adam; fastgen.models.image.train_step), with fastgen's kernels
+(NeuralImage.loss: planar encoding into the fused MLP + loss) against the same model on the
+reference kernels (hash grid and MLP; encoding, MLP and loss through autograd). Both models start from the same weights, so the error
 column compares their first losses. This is the per-step figure of ``fastgen demo image``,
 measured interleaved.
 """
@@ -17,8 +21,9 @@ import copy
 
 import torch
 
-from ..ops.mlp import fused_mlp
+from ..ops.mlp import fused_mlp, fused_mlp_mse
 from ..reference.mlp import fused_mlp as reference
+from ..reference.mlp import fused_mlp_mse as reference_mse
 from ..testing.check import available_backends
 from .core import Case
 
@@ -32,6 +37,8 @@ _SPECS = [
 def cases(device: str) -> list[Case]:
     backends = [b for b in available_backends("fused_mlp", device) if b != "reference"]
     out = [_mlp_case(device, backends[0] if backends else "reference", *s) for s in _SPECS]
+    mse = [b for b in available_backends("fused_mlp_mse", device) if b != "reference"]
+    out.append(_mse_case(device, mse[0] if mse else "reference", *_SPECS[0][:3]))
     out.append(_image_fit_case(device))
     return out
 
@@ -61,6 +68,34 @@ def _mlp_case(device, backend, label, n, widths, tier) -> Case:
                 dtype=torch.float32, setup=setup,
                 fastgen=run(lambda x, ws: fused_mlp(x, ws, backend=backend)),
                 reference=run(reference), truth=truth, tier=tier, backend=backend,
+                flops=6 * macs, items=n, item="rows")
+
+
+def _mse_case(device, backend, label, n, widths) -> Case:
+    """The MLP with its L2 loss, loss and gradients: fused_mlp_mse (forward, loss and backward
+    per tile) against the reference loss through autograd."""
+    def setup():
+        s = _mlp_case(device, backend, label, n, widths, "quick").setup()
+        g = torch.Generator(device=device).manual_seed(1)
+        s["target"] = torch.rand(n, widths[-1], generator=g, device=device)
+        return s
+
+    def run(fn):
+        def f(s):
+            loss = fn(s["x"], s["ws"], s["target"])
+            return (loss, *torch.autograd.grad(loss, [s["x"], *s["ws"]]))
+        return f
+
+    def truth(s):
+        x = s["x"].detach().double().requires_grad_()
+        ws = [w.detach().double().requires_grad_() for w in s["ws"]]
+        return run(reference_mse)({"x": x, "ws": ws, "target": s["target"].double()})
+
+    macs = n * sum(i * o for i, o in zip(widths[:-1], widths[1:]))
+    return Case(op="fused_mlp_mse", name=f"{label} {n} rows L2 loss + grads", device=device,
+                dtype=torch.float32, setup=setup,
+                fastgen=run(lambda x, ws, t: fused_mlp_mse(x, ws, t, backend=backend)),
+                reference=run(reference_mse), truth=truth, tier="quick", backend=backend,
                 flops=6 * macs, items=n, item="rows")
 
 
