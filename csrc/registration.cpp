@@ -97,9 +97,6 @@ TORCH_LIBRARY(fastgen, m) {
   m.def(
       "mlp_mse(Tensor x, Tensor[] weights, Tensor target, int activation, int output_activation,"
       " bool need_grad, bool need_x) -> (Tensor, Tensor, Tensor, Tensor[])");
-  // Rows of a contiguous [R, C] table (any dtype) at index [N] (int64 or int32, each in
-  // [0, R)): [N, C], as index_select along dim 0.
-  m.def("gather_rows(Tensor table, Tensor index) -> Tensor");
   // Ray-box slab test (fastgen/ops/raymarch.py): rays_o, rays_d [N, 3], aabbs [M, 6] (lo, hi)
   // -> (t_near [N, M], t_far [N, M], hit [N, M] bool: t_far > t_near).
   m.def("ray_aabb_intersect(Tensor rays_o, Tensor rays_d, Tensor aabbs) -> (Tensor, Tensor, Tensor)");

@@ -216,17 +216,6 @@ std::vector<std::vector<T>> pack(const at::TensorList& weights, const Net& net, 
   return out;
 }
 
-void check_weights(const char* op, const at::Tensor& x, const at::TensorList& weights, int64_t k);
-
-void check_inputs(const char* op, const at::Tensor& x, const at::TensorList& weights) {
-  TORCH_CHECK(x.device().is_cpu(), op, ": x must be a CPU tensor, got ", x.device());
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
-              ": x must be float32 or float64 on CPU, got ", x.scalar_type());
-  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), op, ": x must be a contiguous [M, K] tensor, got ",
-              x.sizes());
-  check_weights(op, x, weights, x.size(1));
-}
-
 // weights against x's dtype and the input width k
 void check_weights(const char* op, const at::Tensor& x, const at::TensorList& weights, int64_t k) {
   TORCH_CHECK(weights.size() >= 2, op, ": weights must hold at least 2 matrices (one hidden "
@@ -243,6 +232,25 @@ void check_weights(const char* op, const at::Tensor& x, const at::TensorList& we
                   "same width ", weights[0].size(0), ", weights[", l, "] has ", w.size(0));
     k = w.size(0);
   }
+}
+
+void check_inputs(const char* op, const at::Tensor& x, const at::TensorList& weights) {
+  TORCH_CHECK(x.device().is_cpu(), op, ": x must be a CPU tensor, got ", x.device());
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
+              ": x must be float32 or float64 on CPU, got ", x.scalar_type());
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), op, ": x must be a contiguous [M, K] tensor, got ",
+              x.sizes());
+  check_weights(op, x, weights, x.size(1));
+}
+
+// t: a contiguous [M, O] CPU tensor of x's dtype (an output-sized argument).
+void check_rows(const char* op, const char* name, const at::Tensor& t, const at::Tensor& x,
+                int64_t M, int64_t O) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == x.scalar_type() &&
+                  t.sizes() == at::IntArrayRef({M, O}) && t.is_contiguous(),
+              op, ": ", name, " must be a contiguous [", M, ", ", O, "] CPU tensor of x's dtype ",
+              x.scalar_type(), ", got ", t.sizes(), " ", t.scalar_type(), " on ", t.device(),
+              t.is_contiguous() ? "" : " (not contiguous)");
 }
 
 void check_act(const char* op, int64_t act, int64_t out_act) {
@@ -473,14 +481,11 @@ double mse(const at::Tensor& x, const at::TensorList& weights, const at::Tensor&
       for (int64_t m0 = c * ch.size; m0 < end; m0 += kTile) {
         const int64_t rows = std::min(kTile, end - m0);
         if (planar) {  // padded columns of acts[0] stay zero: only the K0 columns are written
-#if defined(__AVX2__)
           // the next tile's G runs: more streams than the hardware prefetcher follows
-          if (m0 + kTile < end)
-            for (int64_t g = 0; g < G; ++g)
-              for (int64_t i = 0; i < kTile * F; i += 64 / sizeof(T))
-                _mm_prefetch(reinterpret_cast<const char*>(xp + (g * M + m0 + kTile) * F + i),
-                             _MM_HINT_T0);
-#endif
+          const int64_t next = std::min(kTile, end - m0 - kTile) * F;
+          for (int64_t g = 0; g < G; ++g)
+            for (int64_t i = 0; i < next; i += 64 / int64_t(sizeof(T)))
+              __builtin_prefetch(xp + (g * M + m0 + kTile) * F + i);
           planar_to_tile<T>(xp, G, M, F, m0, rows, acts[0].data(), net.padded[0]);
           act[0] = acts[0].data();
         } else {
@@ -538,14 +543,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> mlp_bwd_cpu(
   check_act("fastgen::mlp_bwd", activation, output_activation);
   const int64_t M = x.size(0), L = weights.size(), H = weights[0].size(0);
   const auto O = weights[L - 1].size(0);
-  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"grad_y", &grad_y},
-                                 {"y", &y}}) {
-    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == x.scalar_type() &&
-                    t->sizes() == at::IntArrayRef({M, O}) && t->is_contiguous(),
-                "fastgen::mlp_bwd: ", name, " must be a contiguous [", M, ", ", O, "] CPU tensor "
-                "of x's dtype ", x.scalar_type(), ", got ", t->sizes(), " ", t->scalar_type(),
-                t->is_contiguous() ? "" : " (not contiguous)");
-  }
+  check_rows("fastgen::mlp_bwd", "grad_y", grad_y, x, M, O);
+  check_rows("fastgen::mlp_bwd", "y", y, x, M, O);
   TORCH_CHECK(int64_t(hidden.size()) == L - 1, "fastgen::mlp_bwd: hidden must hold the forward's ",
               L - 1, " hidden-layer outputs, got ", hidden.size());
   for (size_t l = 0; l < hidden.size(); ++l) {
@@ -571,6 +570,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> mlp_mse_
     const at::Tensor& x, at::TensorList weights, const at::Tensor& target, int64_t activation,
     int64_t output_activation, bool need_grad, bool need_x) {
   // planar x [G, M, F] is checked as the [M, G·F] matrix it stores
+  TORCH_CHECK(x.dim() == 2 || x.dim() == 3, "fastgen::mlp_mse: x must be [M, K] or planar "
+              "[G, M, F], got ", x.sizes());
   const bool planar = x.dim() == 3;
   if (planar) {
     TORCH_CHECK(x.device().is_cpu() && (x.scalar_type() == at::kFloat ||
@@ -584,11 +585,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> mlp_mse_
   check_act("fastgen::mlp_mse", activation, output_activation);
   const int64_t M = planar ? x.size(1) : x.size(0), L = weights.size();
   const int64_t O = weights[L - 1].size(0);
-  TORCH_CHECK(target.device().is_cpu() && target.scalar_type() == x.scalar_type() &&
-                  target.sizes() == at::IntArrayRef({M, O}) && target.is_contiguous(),
-              "fastgen::mlp_mse: target must be a contiguous [", M, ", ", O, "] CPU tensor of "
-              "x's dtype ", x.scalar_type(), ", got ", target.sizes(), " ", target.scalar_type(),
-              target.is_contiguous() ? "" : " (not contiguous)");
+  check_rows("fastgen::mlp_mse", "target", target, x, M, O);
   auto y = at::empty({M, O}, x.options());
   auto grad_x = need_grad && need_x ? cpu_pool::empty(x.sizes(), x.options())
                                     : at::empty({0}, x.options());

@@ -156,23 +156,26 @@ inline void transpose_items_block(const T* src, int64_t sld, T* dst, int64_t dld
   if (sizeof(T) * F == 8 && sld % F == 0 && dld % F == 0) {
     r4 = R / 4 * 4;
     c4 = C / 4 * 4;
-    const double* s = reinterpret_cast<const double*>(src);
-    double* o = reinterpret_cast<double*>(dst);
+    // items as doubles through the (may-alias) intrinsics; addresses in T, as the memory is
     const int64_t si = sld / F, di = dld / F;  // in items
+    auto in = [&](int64_t r, int64_t c) {
+      return _mm256_loadu_pd(reinterpret_cast<const double*>(src + (r * si + c) * F));
+    };
+    auto to = [&](int64_t c, int64_t r, __m256d v) {
+      _mm256_storeu_pd(reinterpret_cast<double*>(dst + (c * di + r) * F), v);
+    };
     for (int64_t r0 = 0; r0 < r4; r0 += 4) {
       for (int64_t c0 = 0; c0 < c4; c0 += 4) {
-        const __m256d a0 = _mm256_loadu_pd(s + r0 * si + c0);
-        const __m256d a1 = _mm256_loadu_pd(s + (r0 + 1) * si + c0);
-        const __m256d a2 = _mm256_loadu_pd(s + (r0 + 2) * si + c0);
-        const __m256d a3 = _mm256_loadu_pd(s + (r0 + 3) * si + c0);
+        const __m256d a0 = in(r0, c0), a1 = in(r0 + 1, c0), a2 = in(r0 + 2, c0);
+        const __m256d a3 = in(r0 + 3, c0);
         const __m256d t0 = _mm256_unpacklo_pd(a0, a1);  // a00 a10 a02 a12
         const __m256d t1 = _mm256_unpackhi_pd(a0, a1);  // a01 a11 a03 a13
         const __m256d t2 = _mm256_unpacklo_pd(a2, a3);  // a20 a30 a22 a32
         const __m256d t3 = _mm256_unpackhi_pd(a2, a3);  // a21 a31 a23 a33
-        _mm256_storeu_pd(o + c0 * di + r0, _mm256_permute2f128_pd(t0, t2, 0x20));
-        _mm256_storeu_pd(o + (c0 + 1) * di + r0, _mm256_permute2f128_pd(t1, t3, 0x20));
-        _mm256_storeu_pd(o + (c0 + 2) * di + r0, _mm256_permute2f128_pd(t0, t2, 0x31));
-        _mm256_storeu_pd(o + (c0 + 3) * di + r0, _mm256_permute2f128_pd(t1, t3, 0x31));
+        to(c0, r0, _mm256_permute2f128_pd(t0, t2, 0x20));
+        to(c0 + 1, r0, _mm256_permute2f128_pd(t1, t3, 0x20));
+        to(c0 + 2, r0, _mm256_permute2f128_pd(t0, t2, 0x31));
+        to(c0 + 3, r0, _mm256_permute2f128_pd(t1, t3, 0x31));
       }
     }
   }

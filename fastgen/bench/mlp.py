@@ -8,11 +8,11 @@ weights): fastgen's one-pass kernel against the reference MLP + loss through aut
 
 image_fit: one training step of fastgen.models.NeuralImage as fastgen.models.image.fit_image
 runs it (2^16 random pixels of a 512 x 512 picture, hash grid T = 2^15 as the demo's default,
-bias-free 32-64-64-3 MLP, L2 loss, Adam; fastgen.models.image.train_step), with fastgen's kernels
-(NeuralImage.loss: planar encoding into the fused MLP + loss) against the same model on the
-reference kernels (hash grid and MLP; encoding, MLP and loss through autograd). Both models start from the same weights, so the error
-column compares their first losses. This is the per-step figure of ``fastgen demo image``,
-measured interleaved.
+bias-free 32-64-64-3 MLP, L2 loss, Adam; fastgen.models.image.train_step), with fastgen's
+kernels (NeuralImage.loss: planar encoding into the fused MLP + loss) against the same model on
+the reference kernels (hash grid and MLP; encoding, MLP and loss through autograd). Both models
+start from the same weights, so the error column compares their first losses. This is the
+per-step figure of ``fastgen demo image``, measured interleaved.
 """
 
 from __future__ import annotations

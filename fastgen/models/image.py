@@ -22,7 +22,6 @@ from torch import nn
 
 from ..nn.hashgrid import HashGridEncoding
 from ..nn.mlp import FusedMLP
-from ..ops.gather import gather_rows
 from ..ops.mlp import fused_mlp_mse
 
 __all__ = ["NeuralImage", "FitResult", "fit_image", "pixel_samples", "train_step", "psnr",
@@ -80,7 +79,14 @@ class NeuralImage(nn.Module):
         mlp = self.mlp
         if xy.dim() != 2:
             raise ValueError(f"NeuralImage.loss: xy must be [N, 2], got {list(xy.shape)}")
+        if not isinstance(target, torch.Tensor) or target.shape != (xy.shape[0], self.channels):
+            raise ValueError(f"NeuralImage.loss: target must be [{xy.shape[0]}, {self.channels}] "
+                             f"(one colour per point of xy), got "
+                             f"{list(getattr(target, 'shape', [])) or type(target).__name__}")
         planar = "reference" not in (self.encoding.backend, mlp.backend)
+        # in the model's dtype, as self(xy) - target would promote (a float64 model, float32
+        # pixel_samples)
+        target = target.to(mlp.weights[0].dtype)
         return fused_mlp_mse(self.encoding(xy, planar=planar), list(mlp.weights), target,
                              activation=mlp.activation, output_activation=mlp.output_activation,
                              backend=mlp.backend, planar=planar)
@@ -140,9 +146,11 @@ def train_step(model: NeuralImage, opt: torch.optim.Optimizer, samples: torch.Te
     if samples.dim() != 2 or samples.shape[1] != 2 + model.channels:
         raise ValueError(f"train_step: samples must be [pixels, {2 + model.channels}] "
                          f"(pixel_samples), got {list(samples.shape)}")
-    # one prefetching gather (aten's advanced indexing took ~7 ms per 2^16 rows here,
-    # index_select ~1.1 ms: fastgen/ops/gather.py)
-    batch = gather_rows(samples, idx)
+    if idx.dim() != 1 or idx.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"train_step: idx must be a 1-D int64 or int32 tensor of pixel "
+                         f"indices, got {idx.dtype} {list(idx.shape)}")
+    # index_select: aten's advanced indexing took ~7 ms per gather of 2^16 rows here
+    batch = samples.index_select(0, idx)
     loss = model.loss(batch[:, :2].contiguous(), batch[:, 2:].contiguous())
     opt.zero_grad(set_to_none=True)
     loss.backward()

@@ -4,7 +4,6 @@ through :mod:`fastgen.registry` and calls a ``torch.ops.fastgen`` op (or the ref
 from .attention import flash_attention, scaled_dot_product_attention
 from .bias_act import ACTIVATIONS, bias_act
 from .decode import decode_attention
-from .gather import gather_rows
 from .linear import decode_linear
 from .mlp import fused_mlp, fused_mlp_mse
 from .hashgrid import hashgrid_encode, hashgrid_levels, hashgrid_n_params
@@ -18,4 +17,4 @@ __all__ = ["bias_act", "ACTIVATIONS", "scaled_dot_product_attention", "flash_att
            "hashgrid_encode", "hashgrid_levels", "hashgrid_n_params", "sampler_step", "cfg_combine",
            "StepCoeffs", "sample", "decode_attention", "decode_linear", "rms_norm",
            "apply_rotary", "fused_mlp", "fused_mlp_mse", "ray_aabb_intersect", "march",
-           "volume_render", "rendering", "gather_rows"]
+           "volume_render", "rendering"]

@@ -154,7 +154,8 @@ def hashgrid_encode(x: torch.Tensor, params: torch.Tensor, *, n_levels: int = 16
         planar: return the encoding as [L, ..., F] (``out[l, ..., f]`` = column l * F + f of
             the default layout): the layout the cpu kernels compute, returned without the
             transposed copy; :func:`fastgen.ops.fused_mlp_mse` reads it as is (``planar=True``).
-            Other backends return a permuted view of their [..., L * F] output.
+            Other backends permute their [..., L * F] output (a view for 1-D leading dims,
+            else a copy).
 
     Returns:
         [..., L * F] in params' dtype, level-major (column l * F + f); [L, ..., F] if planar.

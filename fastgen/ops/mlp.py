@@ -201,6 +201,16 @@ def _setup_fwd(ctx, inputs, output):
     ctx.save_for_backward(x, y, *weights, *hidden)
 
 
+def _reference_grads(fn, inputs, grad) -> list:
+    """Gradients of fn(*inputs) (a reference, differentiable to any order) to every input that
+    requires grad, None for the others, with create_graph=True (for double backward)."""
+    wanted = [t for t in inputs if t.requires_grad]
+    with torch.enable_grad():
+        found = iter(torch.autograd.grad(fn(*inputs), wanted, grad, create_graph=True,
+                                         allow_unused=True))
+    return [next(found) if t.requires_grad else None for t in inputs]
+
+
 def _backward_fwd(ctx, grad_y, grad_hidden):
     x, y, *rest = ctx.saved_tensors
     weights, hidden = rest[:ctx.n], rest[ctx.n:]
@@ -208,12 +218,9 @@ def _backward_fwd(ctx, grad_y, grad_hidden):
     if grad_y is None:
         grad_y = torch.zeros_like(y)
     if torch.is_grad_enabled():   # create_graph=True: differentiate through the reference
-        inputs = [t for t in (x, *weights) if t.requires_grad]
-        with torch.enable_grad():
-            out = _ref.fused_mlp(x, weights, ACTIVATIONS[act], ACTIVATIONS[out_act])
-            found = iter(torch.autograd.grad(out, inputs, grad_y, create_graph=True,
-                                             allow_unused=True))
-        gx, *gw = [next(found) if t.requires_grad else None for t in (x, *weights)]
+        gx, *gw = _reference_grads(
+            lambda x, *w: _ref.fused_mlp(x, w, ACTIVATIONS[act], ACTIVATIONS[out_act]),
+            (x, *weights), grad_y)
         gw = [g if g is not None else torch.zeros_like(w) for g, w in zip(gw, weights)]
         return gx, gw, None, None, None
     if not ctx.saved:
@@ -232,9 +239,13 @@ def _fake_mse(x, weights, target, activation, output_activation, need_grad, need
 
 
 def _is_one(grad: torch.Tensor) -> bool:
-    """Whether a CPU scalar gradient is exactly 1 (read eagerly; False while compiling)."""
-    return (grad.device.type == "cpu" and grad.numel() == 1 and
-            not torch.compiler.is_compiling() and grad.item() == 1.0)
+    """Whether a real CPU scalar gradient is exactly 1 (read eagerly; False while tracing)."""
+    from torch._subclasses.fake_tensor import is_fake
+    from torch.fx.experimental.proxy_tensor import get_proxy_mode
+
+    return (grad.device.type == "cpu" and grad.numel() == 1 and not is_fake(grad) and
+            not torch.compiler.is_compiling() and get_proxy_mode() is None and
+            grad.item() == 1.0)
 
 
 def _setup_mse(ctx, inputs, output):
@@ -242,47 +253,42 @@ def _setup_mse(ctx, inputs, output):
     _, y, gx, gw = output
     ctx.mark_non_differentiable(y, gx, *gw)
     ctx.set_materialize_grads(False)
-    ctx.n = len(weights)
     ctx.codes = (activation, output_activation)
-    ctx.need_grad = need_grad
     ctx.save_for_backward(x, target, y, *weights)
-    # The gradients are handed over (not saved): the first backward with an incoming gradient of
-    # 1 returns them as they are, and the caller owns them (x.grad may be accumulated into in
-    # place); a later backward through a retained graph computes them again.
-    ctx.grads = (gx, list(gw)) if need_grad else None
+    # The gradients are handed over (not saved) to the first backward: as they are when its
+    # incoming gradient is 1 (the caller then owns them: x.grad may be accumulated into in
+    # place), else scaled; either way they are dropped here, and a later backward through a
+    # retained graph computes them again.
+    ctx.grads = (gx if need_x else None, list(gw)) if need_grad else None
 
 
 def _backward_mse(ctx, grad_loss, *_):
     x, target, y, *weights = ctx.saved_tensors
-    needs = ctx.needs_input_grad
+    need_x, need_w, need_t = ctx.needs_input_grad[:3]
+    need_w = any(need_w) if isinstance(need_w, (list, tuple)) else bool(need_w)
     if grad_loss is None:
         grad_loss = y.new_zeros(())
     if torch.is_grad_enabled():   # create_graph=True: differentiate through the reference
         act, out_act = (ACTIVATIONS[c] for c in ctx.codes)
-        inputs = [t for t in (x, *weights, target) if t.requires_grad]
-        with torch.enable_grad():
-            loss = _ref.fused_mlp_mse(_unplanar(x) if x.dim() == 3 else x, weights, target, act,
-                                      out_act)
-            found = iter(torch.autograd.grad(loss, inputs, grad_loss, create_graph=True,
-                                             allow_unused=True))
-        gx, *gw, gt = [next(found) if t.requires_grad else None for t in (x, *weights, target)]
+        gx, gt, *gw = _reference_grads(
+            lambda x, t, *w: _ref.fused_mlp_mse(_unplanar(x) if x.dim() == 3 else x, w, t, act,
+                                                out_act), (x, target, *weights), grad_loss)
         gw = [g if g is not None else torch.zeros_like(w) for g, w in zip(gw, weights)]
         return gx, gw, gt, None, None, None, None
-    if not ctx.need_grad:
-        raise RuntimeError("fused_mlp_mse: mlp_mse ran with need_grad=False; its backward needs "
-                           "the gradients it computes with need_grad=True")
-    if ctx.grads is None:   # handed over to an earlier backward: computed again
-        _, _, gx, gw = torch.ops.fastgen.mlp_mse(x, weights, target, *ctx.codes, True, needs[0])
-    else:
-        gx, gw = ctx.grads
-    if _is_one(grad_loss):   # loss.backward(): the gradients as computed, no pass over gx
-        ctx.grads = None
-        gx = gx if needs[0] else None
-    else:
-        gx = gx * grad_loss if needs[0] else None
-        gw = [g * grad_loss for g in gw]
+    gx, gw = None, [None] * len(weights)
+    if need_x or need_w:
+        grads, ctx.grads = ctx.grads, None
+        if grads is None or (need_x and grads[0] is None):   # handed over before (or never made)
+            _, _, gx, gw = torch.ops.fastgen.mlp_mse(x, weights, target, *ctx.codes, True,
+                                                     need_x)
+        else:
+            gx, gw = grads
+        if not _is_one(grad_loss):
+            gx = gx * grad_loss if need_x else None
+            gw = [g * grad_loss for g in gw]
+        gx = gx if need_x else None
     # d loss / d target = -2 (y - target) / numel
-    gt = (target - y) * (2.0 / max(y.numel(), 1)) * grad_loss if needs[2] else None
+    gt = (target - y) * (2.0 / max(y.numel(), 1)) * grad_loss if need_t else None
     return gx, gw, gt, None, None, None, None
 
 
@@ -320,21 +326,20 @@ _OP = registry.register("fused_mlp", [
 
 
 def _run_cpu_mse(x, weights, target, act, out_act):
-    need = torch.is_grad_enabled() and any(t.requires_grad for t in (x, *weights, target))
+    # the gradients to x and the weights are made in the forward when autograd will want them
+    # (a target that alone requires grad needs only y)
+    need = torch.is_grad_enabled() and any(t.requires_grad for t in (x, *weights))
     loss, *_ = torch.ops.fastgen.mlp_mse(x.contiguous(), [w.contiguous() for w in weights],
                                          target.contiguous(), *_codes(act, out_act), need,
                                          need and x.requires_grad)
     return loss
 
 
-def _check_cpu_mse(x, weights, target, act, out_act) -> Optional[str]:
-    return _check_cpu(x, weights, act, out_act)
-
-
 _MSE = registry.register("fused_mlp_mse", [
     registry.Backend("cpu", _run_cpu_mse, devices=("cpu",),
                      available=functools.partial(_ext.native_available, "mlp_mse"),
-                     check=_check_cpu_mse, summary="csrc/cpu/mlp.cpp (forward, loss and "
+                     check=lambda x, ws, t, act, out_act: _check_cpu(x, ws, act, out_act),
+                     summary="csrc/cpu/mlp.cpp (forward, loss and "
                      "backward in one pass)"),
     registry.Backend("reference", _ref.fused_mlp_mse, summary="fastgen/reference/mlp.py"),
 ])

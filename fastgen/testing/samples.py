@@ -249,17 +249,14 @@ def _mlp_mse_samples(device) -> list[tuple]:
         x = make_tensor((G, M, F), torch.float32, device)
         ws = [make_tensor(s, torch.float32, device) for s in ((16, G * F), (16, 16), (3, 16))]
         out.append((x, ws, make_tensor((M, 3), torch.float32, device), 1, 0, True, True))
+    # inputs that require grad: the autograd registration (gradients handed over, target's)
+    x = make_tensor((3, 20, 2), torch.float32, device, requires_grad=True)
+    ws = [make_tensor(s, torch.float32, device, requires_grad=True) for s in ((8, 6), (2, 8))]
+    out.append((x, ws, make_tensor((20, 2), torch.float32, device, requires_grad=True), 1, 2,
+                True, True))
+    out.append((make_tensor((20, 6), torch.float32, device, requires_grad=True), ws,
+                make_tensor((20, 2), torch.float32, device), 0, 0, True, True))
     return out
-
-
-def _gather_rows_samples(device) -> list[tuple]:
-    """(table, index): float32 with int64 indices, uint8 with int32, a zero-width table, none."""
-    return [(make_tensor((9, 5), torch.float32, device), torch.tensor([3, 0, 8, 3], device=device)),
-            (torch.arange(12, dtype=torch.uint8, device=device).reshape(4, 3),
-             torch.tensor([1, 1, 2], dtype=torch.int32, device=device)),
-            (make_tensor((6, 0), torch.float32, device), torch.tensor([5], device=device)),
-            (make_tensor((3, 2), torch.float64, device),
-             torch.zeros(0, dtype=torch.int64, device=device))]
 
 
 def _rms_norm_samples(device) -> list[tuple]:
@@ -359,7 +356,6 @@ OPCHECK_SAMPLES: dict[str, tuple[str, str, Callable[[str], list[tuple]]]] = {
     "fastgen::mlp_fwd": ("fused_mlp", "cpu", _mlp_fwd_samples),
     "fastgen::mlp_bwd": ("fused_mlp", "cpu", _mlp_bwd_samples),
     "fastgen::mlp_mse": ("fused_mlp_mse", "cpu", _mlp_mse_samples),
-    "fastgen::gather_rows": ("gather_rows", "cpu", _gather_rows_samples),
     "fastgen::rms_norm": ("rms_norm", "cpu", _rms_norm_samples),
     "fastgen::rms_norm_triton": ("rms_norm", "triton", _rms_norm_samples),
     "fastgen::rotary": ("apply_rotary", "cpu", _rotary_samples),

@@ -72,6 +72,16 @@ def test_loss_is_the_plain_l2_loss_with_its_gradients(gen):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
     with pytest.raises(ValueError, match="xy must be \\[N, 2\\]"):
         model.loss(xy[None], target)
+    with pytest.raises(ValueError, match="target must be \\[333, 3\\]"):
+        model.loss(xy, target[:, :2])
+    # a float64 model trains on float32 pixel samples (the target follows the model's dtype)
+    model64 = NeuralImage(6, 5, n_levels=3, log2_hashmap_size=6, hidden=16).double()
+    samples = pixel_samples(model64, torch.rand(6, 5, 3, generator=gen))
+    idx = torch.randint(0, 30, (17,), generator=gen)
+    loss = train_step(model64, adam(model64.parameters()), samples, idx)
+    assert loss.dtype == torch.float64 and torch.isfinite(loss)
+    with pytest.raises(ValueError, match="idx must be a 1-D int64 or int32"):
+        train_step(model64, adam(model64.parameters()), samples, idx.float())
 
 
 def test_model_defaults_reach_the_image_resolution():

@@ -275,7 +275,7 @@ def _mse_and_grads(x, ws, t, backend, act, out_act, planar_f=0, scale=1.0):
 @pytest.mark.parametrize("device,backend", MSE_CASES)
 @pytest.mark.parametrize("M,G,F,H,n_out,n_hidden", [(1, 1, 2, 16, 3, 2), (96, 16, 2, 64, 3, 2),
                                                     (2000, 3, 1, 24, 17, 3), (97, 2, 4, 8, 1, 1),
-                                                    (1300, 5, 3, 32, 4, 2)])
+                                                    (1300, 5, 3, 32, 4, 2), (203, 9, 1, 16, 2, 1)])
 @pytest.mark.parametrize("act,out_act", [("ReLU", "None"), ("ReLU", "Sigmoid"), ("None", "ReLU"),
                                          ("None", "Sigmoid")])
 @pytest.mark.parametrize("planar", [False, True])
@@ -324,11 +324,16 @@ def test_mse_backward_scales_and_repeats(backend, gen):
     kept = [g.clone() for g in ones]
     for a, b in zip(ones, want, strict=True):
         torch.testing.assert_close(a * -2.5, b, rtol=1e-5, atol=1e-7)
+    for g in ones:   # the caller owns them: changing them changes nothing the graph holds
+        g.mul_(0)
+    again = torch.autograd.grad(loss, [x, *ws], retain_graph=True)
+    for a, k in zip(again, kept, strict=True):
+        assert torch.equal(a, k)
     # .grad of the leaves, accumulated in place by the second loss: the gradients returned
     # before are not aliased by them
     loss.backward()
     fused_mlp_mse(x, ws, t, backend=backend).backward()
-    for leaf, g, k in zip([x, *ws], ones, kept, strict=True):
+    for leaf, g, k in zip([x, *ws], again, kept, strict=True):
         assert torch.equal(g, k)
         torch.testing.assert_close(leaf.grad, k * 2, rtol=1e-6, atol=1e-8)
 
@@ -356,6 +361,23 @@ def test_mse_inference_partial_and_empty(backend, gen):
     assert empty.isnan() and empty.shape == ()
     empty.backward()
     assert all(w.grad is not None and not w.grad.any() for w in we)
+
+
+@pytest.mark.parametrize("backend", MSE_NATIVE)
+def test_mse_target_only_and_op_without_x_gradient(backend, gen):
+    """A target that alone requires grad (no gradient work in the forward), and the op called
+    with need_x=False for an x that requires grad (the backward computes what it lacks)."""
+    x = torch.randn(40, 4, generator=gen)
+    ws = [w.float() for w in _net(4, 8, 2, 2, gen=gen)]
+    t = torch.rand(40, 2, generator=gen, requires_grad=True)
+    got, = torch.autograd.grad(fused_mlp_mse(x, ws, t, backend=backend), t)
+    want, = torch.autograd.grad(ref.fused_mlp_mse(x, ws, t), t)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-8)
+    xg = x.clone().requires_grad_()
+    loss, *_ = torch.ops.fastgen.mlp_mse(xg, ws, t.detach(), 1, 0, True, False)
+    got, = torch.autograd.grad(loss * 3, xg)
+    want, = torch.autograd.grad(ref.fused_mlp_mse(xg, ws, t.detach()) * 3, xg)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-8)
 
 
 @pytest.mark.parametrize("backend", MSE_NATIVE)
@@ -421,6 +443,8 @@ def test_mse_bad_input(gen):
             torch.ops.fastgen.mlp_mse(x, ws, torch.rand(2, 4).t(), 1, 0, True, True)
         with pytest.raises(RuntimeError, match="weights\\[0\\] must be a contiguous \\[N, 4\\]"):
             torch.ops.fastgen.mlp_mse(torch.randn(2, 4, 2), ws, t, 1, 0, True, True)
+        with pytest.raises(RuntimeError, match="x must be \\[M, K\\] or planar \\[G, M, F\\]"):
+            torch.ops.fastgen.mlp_mse(torch.randn(2, 2, 2, 2), ws, t, 1, 0, True, True)
         with pytest.raises(RuntimeError, match="planar x must be a contiguous"):
             torch.ops.fastgen.mlp_mse(torch.randn(2, 8, 3).transpose(0, 1), ws, t, 1, 0, True,
                                       True)
