@@ -146,16 +146,22 @@ def test_weight_gradient_independent_of_threads(backend, gen):
     x = torch.randn(5000, 8, generator=gen)
     ws = [w.float() for w in _net(8, 32, 3, 2, gen=gen)]
     gy = torch.randn(5000, 3, generator=gen)
+    _assert_same_for_any_thread_count(
+        lambda: _values_and_grads(x, ws, backend, "cpu", "ReLU", "None", gy))
+
+
+def _assert_same_for_any_thread_count(run):
+    """run() (a list of tensors) gives bitwise the same results on 1, 2 and 3 threads."""
     results = []
     old = torch.get_num_threads()
     try:
         for n in (1, 2, 3):
             torch.set_num_threads(n)
-            results.append(_values_and_grads(x, ws, backend, "cpu", "ReLU", "None", gy))
+            results.append(run())
     finally:
         torch.set_num_threads(old)
     for other in results[1:]:
-        for a, b in zip(results[0], other):
+        for a, b in zip(results[0], other, strict=True):
             assert torch.equal(a, b)
 
 
@@ -400,17 +406,8 @@ def test_mse_deterministic_across_threads_and_compiles(backend, gen):
     x = torch.randn(5000, 8, generator=gen)
     ws = [w.float() for w in _net(8, 32, 3, 2, gen=gen)]
     t = torch.rand(5000, 3, generator=gen)
-    results = []
-    old = torch.get_num_threads()
-    try:
-        for n in (1, 2, 3):
-            torch.set_num_threads(n)
-            results.append(_mse_and_grads(x, ws, t, backend, "ReLU", "None", planar_f=2))
-    finally:
-        torch.set_num_threads(old)
-    for other in results[1:]:
-        for a, b in zip(results[0], other, strict=True):
-            assert torch.equal(a, b)
+    _assert_same_for_any_thread_count(
+        lambda: _mse_and_grads(x, ws, t, backend, "ReLU", "None", planar_f=2))
     f = torch.compile(lambda x, ws, t: fused_mlp_mse(x, ws, t, backend=backend), fullgraph=True)
     xs, wr = x[:100].requires_grad_(), [w.requires_grad_() for w in ws]
     loss = f(xs, wr, t[:100])
