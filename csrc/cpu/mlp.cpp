@@ -8,6 +8,10 @@
 // of their own, and K = 3 or N = 3 GEMMs run far below peak. Here every layer of a tile of rows
 // runs back to back on buffers that stay in L1/L2, activations fused into the stores.
 //
+//   fastgen::mlp_fwd / mlp_bwd   forward (keeping the hidden outputs) and backward, two passes
+//   fastgen::mlp_mse             forward, L2 loss and backward of each tile in one pass (nothing
+//                                of the forward is stored); x as rows or planar [G, M, F]
+//
 // The one inner kernel (micro) is an outer-product register tile: C[MR x 1 or 2 vectors] += A B, A
 // read as broadcast scalars (any strides: A or Aᵀ), B as vectors of a row-major matrix with
 // zero-padded columns. Forward: h_l = h_{l-1} · W_lᵀ (B = W_lᵀ packed). Backward: the input

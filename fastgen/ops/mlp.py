@@ -7,6 +7,8 @@ output activation), for the narrow MLPs behind hash-grid encodings: 16-128 neuro
 10^4-10^6 rows. PyTorch runs such an MLP as separate GEMMs with each activation a round trip
 through memory, and its ReLU and ReLU backward as passes of their own; the CPU kernel keeps each
 tile of rows in L1/L2 through every layer, forward and backward (csrc/cpu/mlp.cpp).
+``fused_mlp_mse`` adds an L2 loss on the output and runs forward, loss and backward of each tile
+in one pass (no hidden activation stored; the gradients are formed in the call).
 
     fastgen/ops/mlp.py         this file: checks, backends, fake kernels, autograd
     fastgen/reference/mlp.py   backend ``reference`` (PyTorch ops; every device)
@@ -99,8 +101,8 @@ def fused_mlp_mse(x: torch.Tensor, weights: Sequence[torch.Tensor], target: torc
     """
     if planar:
         if not isinstance(x, torch.Tensor) or x.ndim != 3:
-            raise ValueError(f"fused_mlp_mse: planar x must be [G, M, F], got "
-                             f"{list(x.shape) if isinstance(x, torch.Tensor) else type(x)}")
+            got = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"fused_mlp_mse: planar x must be [G, M, F], got {got}")
         act, out_act, weights = _check_args("fused_mlp_mse", x, weights, activation,
                                             output_activation, k=x.shape[0] * x.shape[2])
         _check_target(target, (x.shape[1], weights[-1].shape[0]), x)
