@@ -238,13 +238,18 @@ void check_weights(const char* op, const at::Tensor& x, const at::TensorList& we
   }
 }
 
-void check_inputs(const char* op, const at::Tensor& x, const at::TensorList& weights) {
+// x: a contiguous [M, K] CPU tensor (or, where planar is allowed, [G, M, F] standing for the
+// [M, G·F] matrix), float32 or float64; then the weights against its width.
+void check_inputs(const char* op, const at::Tensor& x, const at::TensorList& weights,
+                  bool planar_ok = false) {
   TORCH_CHECK(x.device().is_cpu(), op, ": x must be a CPU tensor, got ", x.device());
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
               ": x must be float32 or float64 on CPU, got ", x.scalar_type());
-  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), op, ": x must be a contiguous [M, K] tensor, got ",
-              x.sizes());
-  check_weights(op, x, weights, x.size(1));
+  const bool planar = planar_ok && x.dim() == 3;
+  TORCH_CHECK((x.dim() == 2 || planar) && x.is_contiguous(), op, ": x must be a contiguous [M, K]",
+              planar_ok ? " or planar [G, M, F]" : "", " tensor, got ", x.sizes(),
+              x.is_contiguous() ? "" : " (not contiguous)");
+  check_weights(op, x, weights, planar ? x.size(0) * x.size(2) : x.size(1));
 }
 
 // t: a contiguous [M, O] CPU tensor of x's dtype (an output-sized argument).
@@ -573,19 +578,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> mlp_bwd_cpu(
 std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> mlp_mse_cpu(
     const at::Tensor& x, at::TensorList weights, const at::Tensor& target, int64_t activation,
     int64_t output_activation, bool need_grad, bool need_x) {
-  // planar x [G, M, F] is checked as the [M, G·F] matrix it stores
-  TORCH_CHECK(x.dim() == 2 || x.dim() == 3, "fastgen::mlp_mse: x must be [M, K] or planar "
-              "[G, M, F], got ", x.sizes());
+  check_inputs("fastgen::mlp_mse", x, weights, /*planar_ok=*/true);
   const bool planar = x.dim() == 3;
-  if (planar) {
-    TORCH_CHECK(x.device().is_cpu() && (x.scalar_type() == at::kFloat ||
-                                        x.scalar_type() == at::kDouble) && x.is_contiguous(),
-                "fastgen::mlp_mse: planar x must be a contiguous float32 or float64 [G, M, F] "
-                "CPU tensor, got ", x.sizes(), " ", x.scalar_type(), " on ", x.device());
-    check_weights("fastgen::mlp_mse", x, weights, x.size(0) * x.size(2));
-  } else {
-    check_inputs("fastgen::mlp_mse", x, weights);
-  }
   check_act("fastgen::mlp_mse", activation, output_activation);
   const int64_t M = planar ? x.size(1) : x.size(0), L = weights.size();
   const int64_t O = weights[L - 1].size(0);

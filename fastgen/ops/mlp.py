@@ -285,10 +285,10 @@ def _backward_mse(ctx, grad_loss, *_):
                                                      need_x)
         else:
             gx, gw = grads
-        if not _is_one(grad_loss):
-            gx = gx * grad_loss if need_x else None
-            gw = [g * grad_loss for g in gw]
         gx = gx if need_x else None
+        if not _is_one(grad_loss):   # else handed over as they are: no pass over gx
+            gx = None if gx is None else gx * grad_loss
+            gw = [g * grad_loss for g in gw]
     # d loss / d target = -2 (y - target) / numel
     gt = (target - y) * (2.0 / max(y.numel(), 1)) * grad_loss if need_t else None
     return gx, gw, gt, None, None, None, None

@@ -440,8 +440,12 @@ def test_mse_bad_input(gen):
             torch.ops.fastgen.mlp_mse(x, ws, torch.rand(2, 4).t(), 1, 0, True, True)
         with pytest.raises(RuntimeError, match="weights\\[0\\] must be a contiguous \\[N, 4\\]"):
             torch.ops.fastgen.mlp_mse(torch.randn(2, 4, 2), ws, t, 1, 0, True, True)
-        with pytest.raises(RuntimeError, match="x must be \\[M, K\\] or planar \\[G, M, F\\]"):
+        with pytest.raises(RuntimeError, match="x must be a contiguous \\[M, K\\] or planar "
+                                               "\\[G, M, F\\] tensor, got \\[2, 2, 2, 2\\]"):
             torch.ops.fastgen.mlp_mse(torch.randn(2, 2, 2, 2), ws, t, 1, 0, True, True)
-        with pytest.raises(RuntimeError, match="planar x must be a contiguous"):
+        with pytest.raises(RuntimeError, match="planar \\[G, M, F\\] tensor, got \\[8, 2, 3\\] "
+                                               "\\(not contiguous\\)"):
             torch.ops.fastgen.mlp_mse(torch.randn(2, 8, 3).transpose(0, 1), ws, t, 1, 0, True,
                                       True)
+        with pytest.raises(RuntimeError, match="x must be a contiguous \\[M, K\\] tensor"):
+            torch.ops.fastgen.mlp_fwd(torch.randn(2, 4, 2), ws, 1, 0, True)   # no planar here
