@@ -129,4 +129,9 @@ TORCH_LIBRARY(fastgen, m) {
       "sampler_step(Tensor sample, Tensor model_output, Tensor? uncond, Tensor? hist1,"
       " Tensor? hist2, Tensor? noise, float[] coeffs, float? clip, bool want_x0)"
       " -> (Tensor, Tensor)");
+  // torch.randn's normals, bit for bit, into a contiguous float32/float16/bfloat16 CPU tensor of
+  // at least 16 elements, advancing the CPU generator (the default one when None) as torch.randn
+  // would (fastgen/ops/randn.py). variant: 0 = 8-lane Cephes log/sincos (torch's AVX2 kernels),
+  // 1 = the C library's logf/cosf/sinf (its other CPU kernels).
+  m.def("randn_(Tensor(a!) out, Generator? generator, int variant) -> ()");
 }

@@ -164,7 +164,7 @@ def _scheduler_case(device, backend, label, cls_name, cfg, tier) -> Case:
         return (s["fs"].step(s["m"], s["t"], s["x"], **_gen_kw(s["fs"], _gen(s))).prev_sample,)
 
     def _reference(s):
-        with use_backend("reference", "sampler_step"):
+        with use_backend("reference", "sampler_step", "randn"):
             return _fast(s)
 
     def _diffusers(s):

@@ -8,6 +8,7 @@ from .linear import decode_linear
 from .mlp import fused_mlp, fused_mlp_mse
 from .hashgrid import hashgrid_encode, hashgrid_levels, hashgrid_n_params
 from .raymarch import march, ray_aabb_intersect
+from .randn import randn
 from .sampler import StepCoeffs, cfg_combine, sampler_step
 from .sampling import sample
 from .transformer import apply_rotary, rms_norm
@@ -17,4 +18,4 @@ __all__ = ["bias_act", "ACTIVATIONS", "scaled_dot_product_attention", "flash_att
            "hashgrid_encode", "hashgrid_levels", "hashgrid_n_params", "sampler_step", "cfg_combine",
            "StepCoeffs", "sample", "decode_attention", "decode_linear", "rms_norm",
            "apply_rotary", "fused_mlp", "fused_mlp_mse", "ray_aabb_intersect", "march",
-           "volume_render", "rendering"]
+           "volume_render", "rendering", "randn"]

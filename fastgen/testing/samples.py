@@ -162,6 +162,19 @@ def _sampler_step_samples(device) -> list[tuple]:
     return out
 
 
+def _randn_samples(device) -> list[tuple]:
+    """(out, generator, variant): float32 with a partial block, bfloat16, the default generator."""
+    import sys
+
+    variant = sys.modules["fastgen.ops.randn"]._variant()
+    out = []
+    for shape, dtype, gen in (((3, 37), torch.float32, torch.Generator().manual_seed(3)),
+                              ((2, 16), torch.bfloat16, torch.Generator().manual_seed(4)),
+                              ((650,), torch.float16, None)):
+        out.append((torch.empty(shape, dtype=dtype, device=device), gen, variant))
+    return out
+
+
 def _sample_tokens_samples(device) -> list[tuple]:
     """(x, u, temperature, top_k, top_p, min_p): plain, filtered, per-row mixed, empty."""
     out = []
@@ -350,6 +363,7 @@ OPCHECK_SAMPLES: dict[str, tuple[str, str, Callable[[str], list[tuple]]]] = {
     "fastgen::hashgrid_corners": ("hashgrid", "cpu", _hashgrid_corners_samples),
     "fastgen::sampler_step": ("sampler_step", "cpu", _sampler_step_samples),
     "fastgen::sampler_step_triton": ("sampler_step", "triton", _sampler_step_samples),
+    "fastgen::randn_": ("randn", "cpu", _randn_samples),
     "fastgen::decode_attention": ("decode_attention", "cpu", _decode_samples),
     "fastgen::decode_attention_triton": ("decode_attention", "triton", _decode_samples),
     "fastgen::decode_linear": ("decode_linear", "cpu", _decode_linear_samples),
