@@ -18,6 +18,7 @@
 #include <optional>
 
 #include "common/fastgen.h"
+#include "cpu/buffer_pool.h"
 #include "cpu/vec_io.h"
 
 namespace fastgen {
@@ -37,7 +38,7 @@ struct Flags {
 // loaded once, each output element stored once, nothing else touches memory.
 template <typename S>
 void step_span(const S* x_s, const S* m_s, const S* u_s, const S* h1_s, const S* h2_s,
-               const S* z_s, S* out_s, S* x0_s, int64_t n, const Coeffs& k, const Flags& f,
+               const S* z_s, S* out_s, S* x0_s, int64_t n, const Coeffs& k, const Flags f,
                double clip) {
   using T = at::opmath_type<S>;
   using V = Vec<T>;
@@ -111,8 +112,10 @@ std::tuple<at::Tensor, at::Tensor> sampler_step_cpu(
   // c_0 = 0 drops the x̂0 term: x̂0 is then computed only when returned. (A NaN x̂0 comes from
   // a NaN x, m or z, which reach the output through their own terms anyway.)
   f.need_x0 = want_x0 || k.c_0 != 0.0;
-  at::Tensor out = at::empty_like(x);
-  at::Tensor x0 = want_x0 ? at::empty_like(x) : x.new_empty({0});
+  // From fastgen's buffer cache: a sampling loop's fresh 1 MB outputs then reuse mapped memory
+  // instead of faulting in new pages whenever glibc has returned the freed ones to the system.
+  at::Tensor out = cpu_pool::empty(x.sizes(), x.options());
+  at::Tensor x0 = want_x0 ? cpu_pool::empty(x.sizes(), x.options()) : x.new_empty({0});
   const int64_t N = x.numel();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sampler_step", [&] {
     using S = scalar_t;
