@@ -21,10 +21,11 @@ __all__ = ["all_cases", "select", "run", "format_table", "write_json", "plot", "
 
 def all_cases(device: str) -> list[Case]:
     """Every benchmark case on ``device``, op family by op family."""
-    from . import attention, bias_act, decode, hashgrid, mlp, nerf, sampler
+    from . import attention, bias_act, decode, hashgrid, mlp, nerf, randn, sampler
 
     return (bias_act.cases(device) + attention.cases(device) + hashgrid.cases(device)
-            + mlp.cases(device) + sampler.cases(device) + decode.cases(device) + nerf.cases(device))
+            + mlp.cases(device) + sampler.cases(device) + randn.cases(device) + decode.cases(device)
+            + nerf.cases(device))
 
 
 def select(cases: Sequence[Case], tier: str = "quick", pattern: Optional[str] = None

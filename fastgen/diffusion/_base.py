@@ -675,10 +675,12 @@ def fused_step(sample: torch.Tensor, model_output: torch.Tensor, *, c_sample: fl
     ch = [float(c) for c in c_history] + [0.0, 0.0]
     k = StepCoeffs(1.0, float(x0_sample), float(x0_model), float(x0_noise), float(c_sample),
                    float(c_x0), float(c_model), ch[0], ch[1], float(c_noise))
-    for name, v in zip(k._fields, k):
-        if not math.isfinite(v):
-            raise ValueError(f"sampler step: coefficient {name} = {v} is not finite (a "
-                             f"degenerate schedule or step argument)")
+    total = sum(k)
+    if total - total != 0.0:  # a NaN or an infinity (or finite ones summing past the range)
+        for name, v in zip(k._fields, k):
+            if not math.isfinite(v):
+                raise ValueError(f"sampler step: coefficient {name} = {v} is not finite (a "
+                                 f"degenerate schedule or step argument)")
     # The schedulers checked sample / model_output; history and noise are their own tensors.
     out = sampler_step_unchecked(sample, model_output, None, hs[0], hs[1], noise, k, clip_x0,
                                  want_x0 == "eager")

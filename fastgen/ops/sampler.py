@@ -91,8 +91,7 @@ def sampler_step_unchecked(x: torch.Tensor, m: torch.Tensor, u: Optional[torch.T
     Python argument checks (the C++ op still checks) and caches the backend choice per device
     type and FASTGEN_BACKEND value; returns (out, x̂0 or an empty tensor)."""
     x, m = x.contiguous(), m.contiguous()
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                       for t in (x, m, u, h1, h2, z)):
+    if torch.is_grad_enabled() and (x.requires_grad or m.requires_grad or _any_grad(u, h1, h2, z)):
         fn = _run_reference  # differentiable
     else:
         key = (x.device.type, os.environ.get(registry.ENV_VAR, ""))
@@ -104,6 +103,13 @@ def sampler_step_unchecked(x: torch.Tensor, m: torch.Tensor, u: Optional[torch.T
 
 
 _CHOICE: dict = {}
+
+
+def _any_grad(*ts) -> bool:
+    for t in ts:
+        if t is not None and t.requires_grad:
+            return True
+    return False
 
 
 def cfg_combine(uncond: torch.Tensor, cond: Optional[torch.Tensor] = None, *,
