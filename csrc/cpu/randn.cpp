@@ -284,9 +284,12 @@ void normal_fill(at::mt19937_data_pod& d, float* u, int64_t n, BoxMuller16 bm, b
   const int64_t blocks = n / 16;
   constexpr int64_t kChunk = 256;  // blocks per hand-over: 16 KiB of uniforms
 #ifdef _OPENMP
-  const int threads = at::get_num_threads();
+  const int64_t chunks = (blocks + kChunk - 1) / kChunk;
+  // No more threads than cores: waiting threads would take turns from the one that draws.
+  const unsigned cores = std::thread::hardware_concurrency();
+  const int threads = static_cast<int>(std::min<int64_t>(
+      {at::get_num_threads(), cores > 0 ? static_cast<int64_t>(cores) : 1, chunks}));
   if (threads > 1 && !at::in_parallel_region() && blocks >= 4 * kChunk) {
-    const int64_t chunks = (blocks + kChunk - 1) / kChunk;
     std::atomic<int64_t> ready{0}, next{0};  // blocks drawn; next chunk to transform
 #pragma omp parallel num_threads(threads)
     {

@@ -18,7 +18,7 @@ Files of this op family:
     fastgen/ops/randn.py         this file: randn, backends, fake kernel
     fastgen/reference/randn.py   torch.randn, and the algorithm spelled out in float64
     csrc/cpu/randn.cpp           backend ``cpu``
-    tests/ops/test_randn.py      tests; bench case ``randn`` in fastgen/bench/sampler.py
+    tests/ops/test_randn.py      tests; fastgen/bench/randn.py benchmark case
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import numbers
 from typing import Optional, Sequence, Union
 
 import torch
+from torch.utils import _python_dispatch
 
 from .. import _ext, registry
 from ..reference import randn as _ref
@@ -46,23 +47,29 @@ def randn(size: Union[int, Sequence[int]], *, generator: Optional[torch.Generato
         size: the shape (an int or a sequence of ints).
         generator: a ``torch.Generator`` (the default one of the device when None); advanced
             exactly as ``torch.randn`` advances it.
-        dtype: floating dtype (torch's default dtype when None).
-        device: where the tensor is made (the CPU when None).
+        dtype: floating or complex dtype (torch's default dtype when None).
+        device: where the tensor is made (torch's default device when None).
         backend: ``"cpu"`` (CPU tensors and generators; the fast kernel draws float32 /
-            float16 / bfloat16 tensors of at least 16 elements outside torch.compile traces,
-            ``torch.randn`` the rest) or ``"reference"`` (``torch.randn``); None picks ``cpu``
-            when it can serve the call and ``torch.randn`` otherwise, without a warning (the
-            numbers are the same).
+            float16 / bfloat16 tensors of at least 16 elements, ``torch.randn`` the rest) or
+            ``"reference"`` (``torch.randn``); None picks ``cpu`` when it can serve the call and
+            ``torch.randn`` otherwise, without a warning (the numbers are the same). Traced or
+            transformed calls (torch.compile, vmap and other functorch transforms, fake tensors
+            and other dispatch modes) always run ``torch.randn``, which those systems know.
     """
     shape = _shape(size)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"randn: generator must be a torch.Generator or None, got "
                         f"{type(generator).__name__}")
+    if dtype is not None and (not isinstance(dtype, torch.dtype)
+                              or not (dtype.is_floating_point or dtype.is_complex)):
+        raise TypeError(f"randn: dtype must be a floating or complex torch.dtype, got {dtype!r}")
+    if not _plain_eager():
+        if backend is not None:
+            _OP.backend(backend)  # an unknown name is still an error
+        return _run_reference(shape, generator, dtype, device)
     if dtype is None:
         dtype = torch.get_default_dtype()
-    elif not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"randn: dtype must be a floating torch.dtype, got {dtype!r}")
-    dev = torch.device(device) if device is not None else torch.device("cpu")
+    dev = torch.device(device) if device is not None else torch.get_default_device()
     args = (shape, generator, dtype, dev)
     if backend is None and registry._env_choice(_OP) is None:
         # No choice made: cpu when it can, else torch.randn without the registry's fall-back
@@ -94,12 +101,20 @@ def _run_reference(shape, generator, dtype, device):
     return _ref.randn(shape, generator=generator, dtype=dtype, device=device)
 
 
+def _plain_eager() -> bool:
+    """False while torch.compile traces, a functorch transform (vmap, grad) runs or a Python
+    dispatch mode (fake tensors, RNG-tracking modes) is active: each must see torch.randn's own
+    random op, not this kernel's."""
+    return not (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+                or _python_dispatch._get_current_dispatch_mode() is not None)
+
+
 def _run_cpu(shape, generator, dtype, device):
     numel = 1
     for d in shape:
         numel *= d
-    # torch draws fewer than 16 values (and float64 ones) another way; a trace needs torch.randn
-    if dtype not in _FAST_DTYPES or numel < 16 or torch.compiler.is_compiling():
+    # torch draws fewer than 16 values (and float64 / complex ones) another way
+    if dtype not in _FAST_DTYPES or numel < 16 or not _plain_eager():
         return _run_reference(shape, generator, dtype, device)
     out = torch.empty(shape, dtype=dtype, device=device)
     torch.ops.fastgen.randn_(out, generator, _variant())
@@ -130,14 +145,20 @@ def _probe() -> tuple[Optional[int], Optional[str]]:
     why = _ext.native_available("randn_", "cpu")
     if why:
         return None, why
+    # Plain CPU tensors whatever the caller's context (a default device, an active mode).
+    with _python_dispatch._disable_current_modes(), torch._C.DisableTorchFunction():
+        return _probe_variants()
+
+
+def _probe_variants() -> tuple[Optional[int], Optional[str]]:
     n = 3 * 624 + 9  # crosses MT19937 blocks, ends with a partial block of 16
     for variant in (0, 1):
         ok = True
-        for dtype, seed in ((torch.float32, 1234), (torch.bfloat16, 99)):
+        for dtype, seed in ((torch.float32, 1234), (torch.bfloat16, 99), (torch.float16, 7)):
             g_ref = torch.Generator().manual_seed(seed)
             g_fast = torch.Generator().manual_seed(seed)
-            want = torch.randn(n, generator=g_ref, dtype=dtype)
-            got = torch.empty(n, dtype=dtype)
+            want = torch.randn(n, generator=g_ref, dtype=dtype, device="cpu")
+            got = torch.empty(n, dtype=dtype, device="cpu")
             try:  # variant 0 needs an AVX2 build
                 torch.ops.fastgen.randn_(got, g_fast, variant)
             except RuntimeError:

@@ -20,6 +20,8 @@ BITS = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: 
 
 
 def _same_bits(a, b):
+    if a.dtype.is_complex:
+        a, b = torch.view_as_real(a), torch.view_as_real(b)
     return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.view(BITS[a.dtype]),
                                                                      b.view(BITS[b.dtype]))
 
@@ -53,19 +55,22 @@ def test_bitwise_torch_randn(dtype, seed):
 
 
 @needs_fast
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_latent_shape_any_thread_count(threads, seed):
-    """A diffusion latent (many blocks for at::parallel_for) is the same on any thread count."""
-    g_ref, g_fast = _pair(seed, seed % 997)
+def test_large_any_thread_count(threads, dtype, seed):
+    """Sizes that take the pipelined path (thread 0 draws while the others transform): a
+    diffusion latent, and one with a partial block; the same bits on any thread count."""
     old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        got = randn((4, 4, 128, 128), generator=g_fast)
-    finally:
-        torch.set_num_threads(old)
-    want = torch.randn((4, 4, 128, 128), generator=g_ref)
-    assert _same_bits(got, want)
-    assert torch.equal(g_fast.get_state(), g_ref.get_state())
+    for shape in ((4, 4, 128, 128), (1100 * 16 + 7,)):
+        g_ref, g_fast = _pair(seed, seed % 997)
+        torch.set_num_threads(threads)
+        try:
+            got = randn(shape, generator=g_fast, dtype=dtype)
+        finally:
+            torch.set_num_threads(old)
+        want = torch.randn(shape, generator=g_ref, dtype=dtype)
+        assert _same_bits(got, want), f"{shape} {dtype}: {(got != want).sum()} values differ"
+        assert torch.equal(g_fast.get_state(), g_ref.get_state())
 
 
 @needs_fast
@@ -85,7 +90,7 @@ def test_default_generator(seed):
 
 @pytest.mark.parametrize("size,dtype", [((), torch.float32), ((0, 3), torch.float32),
                                         ((15,), torch.float32), ((5, 7), torch.float64),
-                                        ((3,), torch.bfloat16)])
+                                        ((3,), torch.bfloat16), ((20,), torch.complex64)])
 @pytest.mark.parametrize("backend", [None, "cpu", "reference"])
 def test_calls_torch_draws_otherwise(size, dtype, backend, seed):
     """float64 and fewer than 16 values: torch.randn's own numbers on every backend."""
@@ -117,12 +122,11 @@ def test_matches_the_float64_algorithm(seed):
         for dtype in (torch.float32, torch.bfloat16):
             g_u, g_fast = _pair(seed + n, 5)
             if dtype == torch.float32:
-                u, tail = torch.rand(n, generator=g_u), None
+                u = torch.rand(n, generator=g_u)
             else:  # whole blocks' draws, then the partial block's
                 u = torch.rand(n - n % 16, generator=g_u)
                 u = torch.cat([u, torch.zeros(n % 16)])
-            if n % 16:
-                tail = torch.rand(16, generator=g_u)
+            tail = torch.rand(16, generator=g_u) if n % 16 else None
             want = ref.normal_from_uniforms(u, tail)
             got = randn(n, generator=g_fast, dtype=dtype).double()
             tol = 4e-6 if dtype == torch.float32 else 8e-3
@@ -171,6 +175,77 @@ def test_compile_traces_torch_randn():
     finally:
         torch.set_rng_state(saved)
     assert torch.equal(got, want)
+
+
+def test_default_device_is_torchs():
+    """device=None means torch's default device, as for torch.randn."""
+    with torch.device("meta"):
+        got = randn((4, 40))
+    assert got.device.type == "meta" and got.shape == (4, 40)
+
+
+def test_transforms_and_modes_see_torch_randn(seed):
+    """vmap's randomness rules and dispatch modes apply: those calls run torch.randn."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    x = torch.zeros(3, 40)
+
+    def rows(make):
+        with torch.random.fork_rng():  # the global generator is left as it was
+            torch.manual_seed(seed)
+            return torch.func.vmap(lambda r: r + make(r.shape), randomness="different")(x)
+
+    got = rows(randn)
+    assert torch.equal(got, rows(torch.randn)) and not torch.equal(got[0], got[1])
+    with pytest.raises(RuntimeError, match="randomness"):
+        torch.func.vmap(lambda r: r + randn(r.shape), randomness="error")(x)
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Record() as mode:
+        randn((64,), generator=torch.Generator().manual_seed(seed))
+    assert mode.ops and not any("fastgen" in op for op in mode.ops), mode.ops
+
+
+_COLD_START = """
+import torch, fastgen
+from fastgen.ops import randn
+from torch._subclasses.fake_tensor import FakeTensorMode
+with FakeTensorMode():
+    assert randn((64,)).shape == (64,)
+if COMPILE:  # inductor's C++ does not build under ATEN_CPU_CAPABILITY=default (torch 2.13)
+    a = torch.compile(lambda: randn((64,)), fullgraph=True)()
+    assert a.shape == (64,) and a.isfinite().all()
+g1, g2 = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+assert torch.equal(randn((4, 40), generator=g1), torch.randn((4, 40), generator=g2))
+print("variant", __import__("sys").modules["fastgen.ops.randn"]._probe()[0])
+"""
+
+
+@pytest.mark.parametrize("capability", [None, "default"])
+def test_cold_start_in_a_fresh_process(capability):
+    """The first call of a process may come inside torch.compile or a fake-tensor mode; and with
+    torch's non-AVX2 kernels (ATEN_CPU_CAPABILITY=default) the probe picks the C-library
+    variant, which then matches torch bit for bit."""
+    import os
+    import subprocess
+
+    env = dict(os.environ)
+    if capability:
+        env["ATEN_CPU_CAPABILITY"] = capability
+    script = f"COMPILE = {capability is None}\n" + _COLD_START
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    if FAST and capability == "default":
+        assert "variant 1" in run.stdout, run.stdout
 
 
 @pytest.mark.parametrize("kw,exc,match", [
