@@ -96,7 +96,7 @@ def test_demo_diffusion_reference_backend_switch(monkeypatch):
     from fastgen.demos.diffusion import reference_backend
     from fastgen.registry import ENV_VAR, get
 
-    op = get("sampler_step")
+    op, noise = get("sampler_step"), get("randn")
     for before in (None, "reference,bias_act=cpu"):
         if before is None:
             monkeypatch.delenv(ENV_VAR, raising=False)
@@ -104,6 +104,7 @@ def test_demo_diffusion_reference_backend_switch(monkeypatch):
             monkeypatch.setenv(ENV_VAR, before)
         with reference_backend():
             assert op.select("cpu").name == "reference"
+            assert noise.select("cpu").name == "reference"
         assert os.environ.get(ENV_VAR) == before
     monkeypatch.delenv(ENV_VAR, raising=False)
     assert op.select("cpu").name == ("cpu" if op.reasons("cpu")["cpu"] is None else "reference")

@@ -46,11 +46,12 @@ def _save_png(path: str, arr: np.ndarray) -> None:
     Image.fromarray(arr).save(path)
 
 
-def reference_backend(op: str = "sampler_step"):
-    """Within the block, ``op`` runs its PyTorch reference (registry.use_backend)."""
+def reference_backend(*ops: str):
+    """Within the block, ``ops`` run their PyTorch reference (registry.use_backend): by default
+    the step and its noise draw (``sampler_step``, ``randn``)."""
     from ..registry import use_backend
 
-    return use_backend("reference", op)
+    return use_backend("reference", *(ops or ("sampler_step", "randn")))
 
 
 def _step_backend(device: str) -> str:
