@@ -286,7 +286,7 @@ void normal_fill(at::mt19937_data_pod& d, float* u, int64_t n, BoxMuller16 bm, b
 #ifdef _OPENMP
   const int64_t chunks = (blocks + kChunk - 1) / kChunk;
   // No more threads than cores: waiting threads would take turns from the one that draws.
-  const unsigned cores = std::thread::hardware_concurrency();
+  static const unsigned cores = std::thread::hardware_concurrency();  // a file read: once
   const int threads = static_cast<int>(std::min<int64_t>(
       {at::get_num_threads(), cores > 0 ? static_cast<int64_t>(cores) : 1, chunks}));
   if (threads > 1 && !at::in_parallel_region() && blocks >= 4 * kChunk) {

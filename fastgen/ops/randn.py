@@ -69,7 +69,7 @@ def randn(size: Union[int, Sequence[int]], *, generator: Optional[torch.Generato
         return _run_reference(shape, generator, dtype, device)
     if dtype is None:
         dtype = torch.get_default_dtype()
-    dev = torch.device(device) if device is not None else torch.get_default_device()
+    dev = torch.device(device) if device is not None else _default_device()
     args = (shape, generator, dtype, dev)
     if backend is None and registry._env_choice(_OP) is None:
         # No choice made: cpu when it can, else torch.randn without the registry's fall-back
@@ -79,7 +79,20 @@ def randn(size: Union[int, Sequence[int]], *, generator: Optional[torch.Generato
     return _OP.select(dev.type, args, backend).fn(*args)
 
 
+_CPU_DEVICE = torch.device("cpu")
+
+
+def _default_device() -> torch.device:
+    """torch.get_default_device(), without its cost in the common case: a default device other
+    than the CPU is always a torch-function mode (set_default_device, ``with torch.device``)."""
+    if not torch._C._is_torch_function_mode_enabled():
+        return _CPU_DEVICE
+    return torch.get_default_device()
+
+
 def _shape(size) -> tuple[int, ...]:
+    if type(size) in (tuple, torch.Size) and all(type(d) is int and d >= 0 for d in size):
+        return tuple(size)  # the common case, without the numbers ABC checks below
     if isinstance(size, numbers.Integral) and not isinstance(size, bool):
         size = (size,)
     if isinstance(size, torch.Size):
