@@ -8,9 +8,10 @@
 //        out[j] = r cos θ,  out[j + 8] = r sin θ;
 //   3. when 16 does not divide n, 16 more draws, transformed the same way, overwrite the last 16.
 // Half and bfloat16 tensors get the float result rounded, except that torch then draws the 16
-// of step 3 right after the whole blocks' draws (step 1 draws n - n % 16 words for them). Two things are this build's own:
-// torch draws the words one at a time, where this file makes a whole 624-word MT19937 block with
-// vector instructions; and the log / sin / cos are whichever torch's CPU dispatch uses: the
+// of step 3 right after the whole blocks' draws (step 1 draws n - n % 16 words for them).
+// Two things are this file's own: torch draws the words one at a time, where this file makes a
+// whole 624-word MT19937 block with vector instructions (and transforms in parallel while it
+// draws); and the log / sin / cos are whichever torch's CPU dispatch uses: the
 // Cephes single-precision polynomials evaluated 8 lanes wide (torch's AVX2 kernels), or the C
 // library's logf / cosf / sinf one value at a time (its other kernels). `variant` picks one; the
 // Python side checks on a probe which one reproduces this torch bit for bit before using either.
@@ -212,8 +213,10 @@ inline void sincos8(__m256 x, __m256* s, __m256* c) {
   const __m256 sin_from_sin = _mm256_and_ps(use_cos_poly, ps);
   const __m256 sin_from_cos = _mm256_andnot_ps(use_cos_poly, pc);
   *s = _mm256_xor_ps(_mm256_add_ps(sin_from_cos, sin_from_sin), sin_sign);
-  *c = _mm256_xor_ps(_mm256_add_ps(_mm256_sub_ps(pc, sin_from_cos), _mm256_sub_ps(ps, sin_from_sin)),
-                     cos_sign);
+  // the other polynomial's value, kept as (p - selected) + (q - selected) like the 8-lane original
+  const __m256 cos_val =
+      _mm256_add_ps(_mm256_sub_ps(pc, sin_from_cos), _mm256_sub_ps(ps, sin_from_sin));
+  *c = _mm256_xor_ps(cos_val, cos_sign);
 }
 
 __attribute__((always_inline)) inline void box_muller16_avx2_inl(float* u) {
