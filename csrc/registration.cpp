@@ -45,8 +45,8 @@ TORCH_LIBRARY(fastgen, m) {
       "hashgrid_fwd_planar(Tensor x, Tensor params, int[] offsets, float[] scales, int F,"
       " int interpolation, bool use_hash) -> Tensor");
   // (grad_params, grad_x) from grad_out [N, L * F] or planar [L, N, F] (CPU); each is empty
-  // ([0]) unless asked for. grad_params accumulates in
-  // float32 (float64 for float64 params) and is returned in params' dtype.
+  // ([0]) unless asked for. grad_params accumulates in float32 (float64 for float64 params) and
+  // is returned in params' dtype.
   m.def(
       "hashgrid_bwd(Tensor grad_out, Tensor x, Tensor params, int[] offsets, float[] scales,"
       " int F, int interpolation, bool use_hash, bool need_params_grad, bool need_x_grad)"

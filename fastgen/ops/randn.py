@@ -10,8 +10,10 @@ and leaves the generator exactly where ``torch.randn`` would (same state, same l
 Which float32 log / sin / cos torch uses depends on its CPU dispatch (8-lane Cephes polynomials in
 its AVX2 kernels, the C library's functions in the others), so the ``cpu`` backend first checks on
 a probe which of its two variants reproduces this torch bit for bit, and is unavailable when
-neither does. Calls it cannot serve (CUDA tensors, float64, fewer than 16 elements, tracing under
-torch.compile) run ``torch.randn`` itself: the same numbers, only not faster.
+neither does. Calls it cannot serve run ``torch.randn`` itself (the same numbers, only not
+faster): CUDA tensors, float64 and complex dtypes, fewer than 16 elements, and traced or
+transformed calls (torch.compile, functorch transforms such as vmap, dispatch modes such as fake
+tensors), which must see torch's own random op.
 
 Files of this op family:
 
@@ -126,8 +128,9 @@ def _run_cpu(shape, generator, dtype, device):
     numel = 1
     for d in shape:
         numel *= d
-    # torch draws fewer than 16 values (and float64 / complex ones) another way
-    if dtype not in _FAST_DTYPES or numel < 16 or not _plain_eager():
+    # torch draws fewer than 16 values (and float64 / complex ones) another way; randn() already
+    # sent traced and transformed calls to torch.randn
+    if dtype not in _FAST_DTYPES or numel < 16:
         return _run_reference(shape, generator, dtype, device)
     out = torch.empty(shape, dtype=dtype, device=device)
     torch.ops.fastgen.randn_(out, generator, _variant())
