@@ -1,6 +1,7 @@
 """Tests of fastgen.ops.sampler_step / cfg_combine on every backend that runs here (cpu, triton
 under the interpreter, cuda when present), against fastgen.reference.sampler in float64."""
 
+import itertools
 import math
 import random
 import warnings
@@ -89,6 +90,44 @@ def test_every_term_reaches_the_output(device, backend, gen):
         kw2 = dict(kw, c_history=c)
         _assert_rel(sampler_step(x, m, backend=backend, **kw2)[0], _truth(x, m, kw2)[0], 4e-6,
                     f"c_history[{i}]")
+
+
+@pytest.mark.parametrize("device,backend", CASES)
+def test_every_input_combination(device, backend, gen):
+    """Every combination of the optional inputs and of the x̂0 work (none; folded into out;
+    returned; clipped; x̂0's noise term): the CPU kernel compiles one loop per combination."""
+    shape = (3, 37)  # 111 values: full vectors and a partial tail at any vector width
+    for use_u, n_h, use_z, x0_noise, c_x0, want_x0, clip in itertools.product(
+            (False, True), (0, 1, 2), (False, True), (False, True), (0.0, 0.7), (False, True),
+            (None, 0.8)):
+        if x0_noise and not use_z:
+            continue
+        x, m, kw = _random_call(shape, torch.float32, device, gen, flags=[0, 0, 0, 0, 0])
+        kw.update(c_x0=c_x0, return_x0=want_x0, clip_x0=clip,
+                  history=[torch.randn(shape, generator=gen).to(device) for _ in range(n_h)],
+                  c_history=[0.5 - i for i in range(n_h)])
+        if use_z:
+            kw.update(noise=torch.randn(shape, generator=gen).to(device), c_noise=0.3,
+                      x0_noise=-0.4 if x0_noise else 0.0)
+        if use_u:
+            kw.update(uncond=torch.randn(shape, generator=gen).to(device), guidance_scale=4.5)
+        got = sampler_step(x, m, backend=backend, **kw)
+        out, x0 = got if want_x0 else (got, None)
+        tout, tx0 = _truth(x, m, kw)
+        what = f"u={use_u} h={n_h} z={use_z} x0_noise={x0_noise} c_x0={c_x0} clip={clip}"
+        _assert_rel(out, tout, 4e-6, what)
+        if want_x0:
+            _assert_rel(x0, tx0, 4e-6, what + " (x0)")
+
+
+def test_op_reads_a_lone_second_history():
+    """The op's hist2 without hist1 (the kernel moves it to the first slot)."""
+    if "cpu" not in available_backends("sampler_step", "cpu"):
+        pytest.skip("the CPU extension is not built")
+    x, m, h = (torch.randn(4, 33) for _ in range(3))
+    k = StepCoeffs(1.0, 0.0, 1.0, 0.0, 0.5, 0.0, 0.25, 0.0, -0.75, 0.0)
+    out, _ = torch.ops.fastgen.sampler_step(x, m, None, None, h, None, list(k), None, False)
+    _assert_rel(out, 0.5 * x.double() + 0.25 * m.double() - 0.75 * h.double(), 4e-6, "hist2")
 
 
 @pytest.mark.parametrize("device,backend", CASES)
