@@ -148,10 +148,22 @@ def ops() -> dict[str, Op]:
 
 
 _ENV_CACHE: dict = {}
+# os.environ keeps its values in a dict keyed by the encoded name; reading that dict costs 0.1 µs
+# where os.environ.get costs ~1 µs (Mapping.get -> __getitem__ -> encode), on ops' hot paths.
+_ENV_DATA = getattr(os.environ, "_data", None)
+_ENV_KEY = os.environ.encodekey(ENV_VAR) if hasattr(os.environ, "encodekey") else None
+
+
+def env_rule() -> str:
+    """The current value of FASTGEN_BACKEND ("" when unset), read cheaply."""
+    if _ENV_DATA is not None and _ENV_KEY is not None:
+        raw = _ENV_DATA.get(_ENV_KEY)
+        return "" if raw is None else os.environ.decodevalue(raw)
+    return os.environ.get(ENV_VAR, "")
 
 
 def _env_choice(op: Op) -> Optional[str]:
-    raw = os.environ.get(ENV_VAR, "")
+    raw = env_rule()
     if not raw:
         return None
     key = (raw, op.name)

@@ -135,6 +135,8 @@ void check_like(const char* name, const at::Tensor& t, const at::Tensor& x) {
               t.scalar_type(), t.is_contiguous() ? "" : " (not contiguous)");
 }
 
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor> sampler_step_cpu(
     const at::Tensor& x, const at::Tensor& m, const std::optional<at::Tensor>& u,
     const std::optional<at::Tensor>& h1, const std::optional<at::Tensor>& h2,
@@ -194,7 +196,6 @@ std::tuple<at::Tensor, at::Tensor> sampler_step_cpu(
   return {out, x0};
 }
 
-}  // namespace
 }  // namespace fastgen
 
 TORCH_LIBRARY_IMPL(fastgen, CPU, m) {

@@ -216,13 +216,13 @@ class EulerDiscreteScheduler(_SigmaScheduler):
         px, pm = ve_prologue(c.prediction_type, sigma, sigma_hat)
         dt = sigma_next - sigma_hat
         if c.prediction_type == "epsilon":  # d = (x - x̂0)/σ̂ = m exactly
-            coeffs = dict(c_sample=1.0, c_model=dt, c_noise=k)
+            c_x, c_0, c_m, c_z = 1.0, 0.0, dt, k
         else:  # x + d·dt = (σ_next/σ̂)·x + (1 - σ_next/σ̂)·x̂0 on the churned x
             r = sigma_next / sigma_hat
-            coeffs = dict(c_sample=r, c_x0=1.0 - r, c_noise=r * k)
-        out, _ = fused_step(sample, model_output, noise=noise, x0_sample=px, x0_model=pm,
-                            x0_noise=px * k, want_x0="lazy" if return_dict else "eager",
-                            **coeffs)
+            c_x, c_0, c_m, c_z = r, 1.0 - r, 0.0, r * k
+        out, _ = fused_step(sample, model_output, c_sample=c_x, c_x0=c_0, c_model=c_m,
+                            noise=noise, c_noise=c_z, x0_sample=px, x0_model=pm,
+                            x0_noise=px * k, want_x0="lazy" if return_dict else "eager")
         self._step_index += 1
         return out if return_dict else out.to_tuple()
 
@@ -296,12 +296,13 @@ class EulerAncestralDiscreteScheduler(_SigmaScheduler):
         noise = randn_tensor(model_output.shape, dtype=model_output.dtype,
                              device=model_output.device, generator=generator)
         if c.prediction_type == "epsilon":
-            coeffs = dict(c_sample=1.0, c_model=dt)
+            c_x, c_0, c_m = 1.0, 0.0, dt
         else:
             r = sigma_down / sigma
-            coeffs = dict(c_sample=r, c_x0=1.0 - r)
-        out, _ = fused_step(sample, model_output, noise=noise, c_noise=sigma_up, x0_sample=px,
-                            x0_model=pm, want_x0="lazy" if return_dict else "eager", **coeffs)
+            c_x, c_0, c_m = r, 1.0 - r, 0.0
+        out, _ = fused_step(sample, model_output, c_sample=c_x, c_x0=c_0, c_model=c_m,
+                            noise=noise, c_noise=sigma_up, x0_sample=px, x0_model=pm,
+                            want_x0="lazy" if return_dict else "eager")
         self._step_index += 1
         return out if return_dict else out.to_tuple()
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-import os
 from typing import Optional, Sequence, Union
 
 import torch
@@ -84,17 +83,19 @@ def sampler_step(sample: torch.Tensor, model_output: torch.Tensor, *,
 
 def sampler_step_unchecked(x: torch.Tensor, m: torch.Tensor, u: Optional[torch.Tensor],
                            h1: Optional[torch.Tensor], h2: Optional[torch.Tensor],
-                           z: Optional[torch.Tensor], coeffs: StepCoeffs, clip: Optional[float],
-                           want_x0: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                           z: Optional[torch.Tensor], coeffs: Sequence[float],
+                           clip: Optional[float], want_x0: bool
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
     """sampler_step for callers that already validated their tensors (the schedulers of
-    fastgen.diffusion): all of sample's shape, dtype and device, coefficients finite. Skips the
-    Python argument checks (the C++ op still checks) and caches the backend choice per device
-    type and FASTGEN_BACKEND value; returns (out, x̂0 or an empty tensor)."""
+    fastgen.diffusion): all of sample's shape, dtype and device, the ten coefficients (a
+    :class:`StepCoeffs` or a list in its order) finite floats. Skips the Python argument checks
+    (the C++ op still checks) and caches the backend choice per device type and FASTGEN_BACKEND
+    value; returns (out, x̂0 or an empty tensor)."""
     x, m = x.contiguous(), m.contiguous()
     if torch.is_grad_enabled() and (x.requires_grad or m.requires_grad or _any_grad(u, h1, h2, z)):
         fn = _run_reference  # differentiable
     else:
-        key = (x.device.type, os.environ.get(registry.ENV_VAR, ""))
+        key = (x.device.type, registry.env_rule())
         fn = _CHOICE.get(key)
         if fn is None:
             fn = _CHOICE[key] = _OP.select(x.device.type, (x, m, u, h1, h2, z, coeffs, clip,
@@ -219,11 +220,47 @@ def _check(x, m, c_sample, c_x0, c_model, history, c_history, noise, c_noise, x0
 # --- backends ----------------------------------------------------------------------------------
 
 def _run_reference(x, m, u, h1, h2, z, k, clip, want_x0):
+    if not isinstance(k, StepCoeffs):
+        k = StepCoeffs(*k)
     return _ref.sampler_step(x, m, k, uncond=u, history=(h1, h2), noise=z, clip=clip)
 
 
 def _run_cpu(x, m, u, h1, h2, z, k, clip, want_x0):
-    return torch.ops.fastgen.sampler_step(x, m, u, h1, h2, z, list(k), clip, want_x0)
+    k = k if type(k) is list else list(k)
+    direct = _direct_cpu()
+    if direct is not None and _plain_call(x, m, u, h1, h2, z):
+        return direct(x, m, u, h1, h2, z, k, clip, want_x0)
+    return _cpu_op()(x, m, u, h1, h2, z, k, clip, want_x0)
+
+
+_Tensor = torch.Tensor
+_no_dispatch_modes = torch._C._len_torch_dispatch_stack
+_functorch_active = torch._C._are_functorch_transforms_active
+_function_mode_on = torch._C._is_torch_function_mode_enabled
+
+
+def _plain_call(x, m, u, h1, h2, z) -> bool:
+    """A plain eager call: plain tensors (no subclass), no torch.compile trace, no dispatch or
+    torch-function mode, no functorch transform. Such a call can skip the dispatcher."""
+    return (type(x) is _Tensor and type(m) is _Tensor
+            and (u is None or type(u) is _Tensor) and (h1 is None or type(h1) is _Tensor)
+            and (h2 is None or type(h2) is _Tensor) and (z is None or type(z) is _Tensor)
+            and not torch.compiler.is_compiling() and _no_dispatch_modes() == 0
+            and not _functorch_active() and not _function_mode_on())
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_op():
+    return torch.ops.fastgen.sampler_step  # looked up once (the namespace lookup costs ~0.5 µs)
+
+
+@functools.lru_cache(maxsize=None)
+def _direct_cpu():
+    """The CPU kernel without the dispatcher (fastgen._C.sampler_step_eager), or None when the
+    extension lacks it. ~1 µs of argument handling where torch.ops takes ~4 µs; callers check
+    :func:`_plain_call` first."""
+    module = _ext.load()
+    return getattr(module, "sampler_step_eager", None) if module is not None else None
 
 
 def _run_triton(x, m, u, h1, h2, z, k, clip, want_x0):

@@ -200,6 +200,39 @@ def test_torch_compile_fullgraph(gen):
     assert torch.equal(compiled(x, m, h), step(x, m, h))
 
 
+def test_plain_calls_skip_the_dispatcher_others_do_not(gen):
+    """Plain eager CPU calls run the kernel without the dispatcher (fastgen._C); a dispatch mode
+    still sees the op, and the profiler names it either way."""
+    if "cpu" not in available_backends("sampler_step", "cpu"):
+        pytest.skip("the CPU extension is not built")
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import fastgen.ops.sampler as mod
+
+    x, m = (torch.randn(3, 50, generator=gen) for _ in range(2))
+    want = 0.5 * x.double() - 0.25 * m.double()
+    assert mod._direct_cpu() is not None and mod._plain_call(x, m, None, None, None, None)
+
+    class Seen(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Seen() as seen:
+        assert not mod._plain_call(x, m, None, None, None, None)
+        out = sampler_step(x, m, c_sample=0.5, c_model=-0.25, backend="cpu")
+    assert any("fastgen.sampler_step" in op for op in seen.ops), seen.ops
+    _assert_rel(out, want, 4e-6, "under a dispatch mode")
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        out = sampler_step(x, m, c_sample=0.5, c_model=-0.25, backend="cpu")
+    assert any(e.name == "fastgen::sampler_step" for e in prof.events())
+    _assert_rel(out, want, 4e-6, "direct")
+
+
 # --- bad input -----------------------------------------------------------------------------------
 
 def _call(**over):
