@@ -134,6 +134,26 @@ def _run(code: str, env_extra):
 
 
 @needs_ext
+@needs_cache
+def test_the_most_recently_freed_block_is_reused_first(gen):
+    """Among cached blocks of one size, a request takes the one freed last (the likeliest to be
+    in cache): a sampling loop's new output reuses the buffer it has just let go."""
+    from fastgen.ops import sampler_step
+
+    x = torch.randn(1 << 18, generator=gen)  # 1 MiB outputs: pooled
+    a = sampler_step(x, x, c_sample=1.0, backend="cpu")
+    b = sampler_step(x, x, c_sample=2.0, backend="cpu")
+    pa, pb = a.data_ptr(), b.data_ptr()
+    assert pa != pb
+    del a
+    del b  # freed last
+    c = sampler_step(x, x, c_sample=3.0, backend="cpu")
+    assert c.data_ptr() == pb
+    d = sampler_step(x, x, c_sample=4.0, backend="cpu")
+    assert d.data_ptr() == pa
+    assert torch.equal(c, 3.0 * x) and torch.equal(d, 4.0 * x)
+
+
 def test_capacity_from_the_environment():
     code = """
         import torch, fastgen

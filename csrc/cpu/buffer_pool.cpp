@@ -86,8 +86,9 @@ class Pool final : public c10::Allocator {
       std::size_t best = free_.size();
       for (std::size_t i = 0; i < free_.size(); ++i) {
         const std::size_t have = free_[i].bytes;
+        // the smallest fit; among equal sizes the most recently freed (likeliest in cache)
         if (have >= want && have - want <= want / 8 &&
-            (best == free_.size() || have < free_[best].bytes)) {
+            (best == free_.size() || have <= free_[best].bytes)) {
           best = i;
         }
       }

@@ -12,7 +12,8 @@
 // * A freed block is kept for reuse while the cache holds at most capacity() bytes; beyond that the
 //   oldest cached blocks are returned to the system. FASTGEN_CPU_POOL_MB sets the capacity
 //   (default 512; 0 turns the pool off); fastgen.empty_cpu_cache() empties the cache.
-// * A request takes the smallest cached block of at least its size and at most 1/8 larger.
+// * A request takes the smallest cached block of at least its size and at most 1/8 larger (among
+//   blocks of that size, the most recently freed: the likeliest to be in cache).
 // * Tensors from the pool are ordinary resizable CPU tensors; their memory is uninitialised (NaN
 //   filled under torch.use_deterministic_algorithms, as at::empty does).
 #pragma once
