@@ -87,7 +87,9 @@ class DDIMScheduler(SchedulerBase):
         if self.num_inference_steps is None or not self._ready:
             raise ValueError("DDIMScheduler.step: call set_timesteps(...) first")
         self._check_inputs(model_output, sample)
-        if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not math.isfinite(eta):
+        if not (type(eta) is float and eta - eta == 0.0) and (
+                isinstance(eta, bool) or not isinstance(eta, numbers.Real)
+                or not math.isfinite(eta)):
             raise ValueError(f"DDIMScheduler.step: eta must be a finite number, got {eta!r}")
         c = self.config
         self._sync_host_schedule()
@@ -109,7 +111,7 @@ class DDIMScheduler(SchedulerBase):
             e_x, e_m, e_0 = 1.0 / sb, -sa / sb, 0.0
         else:  # v_prediction
             e_x, e_m, e_0 = sb, sa, 0.0
-        std = eta * math.sqrt(self._variance(t, prev_t))
+        std = eta * math.sqrt(self._variance(t, prev_t)) if eta != 0.0 else 0.0
         d2 = 1.0 - a_prev - std * std
         if d2 < 0.0:
             if d2 < -1e-12:

@@ -92,7 +92,9 @@ def sampler_step_unchecked(x: torch.Tensor, m: torch.Tensor, u: Optional[torch.T
     (the C++ op still checks) and caches the backend choice per device type and FASTGEN_BACKEND
     value; returns (out, x̂0 or an empty tensor)."""
     x, m = x.contiguous(), m.contiguous()
-    if torch.is_grad_enabled() and (x.requires_grad or m.requires_grad or _any_grad(u, h1, h2, z)):
+    if _grad_on() and (x.requires_grad or m.requires_grad or (
+            (u is not None or h1 is not None or h2 is not None or z is not None)
+            and _any_grad(u, h1, h2, z))):
         fn = _run_reference  # differentiable
     else:
         key = (x.device.type, registry.env_rule())
@@ -104,6 +106,7 @@ def sampler_step_unchecked(x: torch.Tensor, m: torch.Tensor, u: Optional[torch.T
 
 
 _CHOICE: dict = {}
+_grad_on = torch.is_grad_enabled
 
 
 def _any_grad(*ts) -> bool:

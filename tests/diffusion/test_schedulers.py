@@ -546,6 +546,12 @@ def test_step_errors(name):
         s.step(x, s.timesteps[:2], x)
     with pytest.raises(TypeError, match="timestep"):
         s.step(x, "999", x)
+    with pytest.raises(TypeError, match="real"):
+        s.step(x, torch.tensor(True), x)
+    with pytest.raises(TypeError, match="model_output must be a torch.Tensor"):
+        s.step(x.tolist(), t, x)
+    with pytest.raises(TypeError, match="float16, bfloat16, float32 or float64"):
+        s.step(x.long(), t, x.long())
     s.step(x, t, x)  # the valid call still works after the failures
 
 
