@@ -72,7 +72,9 @@ std::tuple<at::Tensor, at::Tensor> sampler_step_eager(
     const std::optional<at::Tensor>& z, const std::vector<double>& coeffs,
     std::optional<double> clip, bool want_x0) {
   RECORD_FUNCTION("fastgen::sampler_step", std::vector<c10::IValue>());
-  return fastgen::sampler_step_cpu(x, m, u, h1, h2, z, coeffs, clip, want_x0);
+  // sample and model_output of any layout, as fastgen/ops/sampler.py's other paths take them
+  return fastgen::sampler_step_cpu(x.contiguous(), m.contiguous(), u, h1, h2, z, coeffs, clip,
+                                   want_x0);
 }
 
 }  // namespace

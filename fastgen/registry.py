@@ -162,6 +162,14 @@ def env_rule() -> str:
     return os.environ.get(ENV_VAR, "")
 
 
+def env_token() -> object:
+    """FASTGEN_BACKEND's stored value as it is (no decoding; None when unset): cheap, and it
+    changes whenever the variable does, for caches keyed on the variable."""
+    if _ENV_DATA is not None and _ENV_KEY is not None:
+        return _ENV_DATA.get(_ENV_KEY)
+    return os.environ.get(ENV_VAR)
+
+
 def _env_choice(op: Op) -> Optional[str]:
     raw = env_rule()
     if not raw:

@@ -91,13 +91,12 @@ def sampler_step_unchecked(x: torch.Tensor, m: torch.Tensor, u: Optional[torch.T
     :class:`StepCoeffs` or a list in its order) finite floats. Skips the Python argument checks
     (the C++ op still checks) and caches the backend choice per device type and FASTGEN_BACKEND
     value; returns (out, x̂0 or an empty tensor)."""
-    x, m = x.contiguous(), m.contiguous()
     if _grad_on() and (x.requires_grad or m.requires_grad or (
             (u is not None or h1 is not None or h2 is not None or z is not None)
             and _any_grad(u, h1, h2, z))):
         fn = _run_reference  # differentiable
     else:
-        key = (x.device.type, registry.env_rule())
+        key = ("cpu" if x.is_cpu else x.device.type, registry.env_token())
         fn = _CHOICE.get(key)
         if fn is None:
             fn = _CHOICE[key] = _OP.select(x.device.type, (x, m, u, h1, h2, z, coeffs, clip,
@@ -232,8 +231,8 @@ def _run_cpu(x, m, u, h1, h2, z, k, clip, want_x0):
     k = k if type(k) is list else list(k)
     direct = _direct_cpu()
     if direct is not None and _plain_call(x, m, u, h1, h2, z):
-        return direct(x, m, u, h1, h2, z, k, clip, want_x0)
-    return _cpu_op()(x, m, u, h1, h2, z, k, clip, want_x0)
+        return direct(x, m, u, h1, h2, z, k, clip, want_x0)  # makes x, m contiguous itself
+    return _cpu_op()(x.contiguous(), m.contiguous(), u, h1, h2, z, k, clip, want_x0)
 
 
 _Tensor = torch.Tensor
@@ -267,7 +266,8 @@ def _direct_cpu():
 
 
 def _run_triton(x, m, u, h1, h2, z, k, clip, want_x0):
-    return torch.ops.fastgen.sampler_step_triton(x, m, u, h1, h2, z, list(k), clip, want_x0)
+    return torch.ops.fastgen.sampler_step_triton(x.contiguous(), m.contiguous(), u, h1, h2, z,
+                                                 list(k), clip, want_x0)
 
 
 def _fake(x, m, u, h1, h2, z, coeffs, clip, want_x0):
