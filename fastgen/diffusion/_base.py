@@ -60,7 +60,13 @@ class FrozenConfig(dict):
     """A scheduler's configuration: a read-only dict whose keys are also attributes
     (``config.num_train_timesteps``), like diffusers' ``FrozenDict``."""
 
-    __slots__ = ()
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The dict is also the attribute dict: ``config.key`` is then an ordinary attribute
+        # lookup (0.05 µs) instead of a failed one followed by __getattr__ (0.5 µs), on the
+        # schedulers' per-step paths. (A key named like a dict method would shadow the method
+        # on attribute access, as in diffusers' FrozenDict; no scheduler has one.)
+        object.__setattr__(self, "__dict__", self)
 
     def __getattr__(self, name: str) -> Any:
         try:

@@ -14,8 +14,10 @@ x̂0 = (x − sqrt(1 − a)·ε)/sqrt(a), which amplifies float32 rounding in bo
 (~1e-5 of |x̂0| at t ≈ 1000 against a float64 truth, for diffusers as for fastgen).
 """
 
+import copy
 import inspect
 import math
+import pickle
 import random
 
 import pytest
@@ -470,6 +472,13 @@ def test_config_keys_defaults_and_round_trip(name):
         f.config["num_train_timesteps"] = 3
     with pytest.raises(TypeError):
         f.config.num_train_timesteps = 3
+    with pytest.raises(AttributeError, match="no key 'not_a_key'"):
+        _ = f.config.not_a_key
+    for c in (pickle.loads(pickle.dumps(f.config)), copy.deepcopy(f.config)):
+        assert c == f.config and c.num_train_timesteps == 1000
+        with pytest.raises(TypeError):
+            c.num_train_timesteps = 3
+    assert callable(f.config.keys) and list(f.config.keys()) == list(f.config)
 
 
 def test_from_other_scheduler_configs():
