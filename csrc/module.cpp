@@ -4,6 +4,7 @@
 // step kernel without the dispatcher.
 #include <torch/extension.h>
 
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/record_function.h>
 
 #include <optional>
@@ -71,6 +72,21 @@ std::tuple<at::Tensor, at::Tensor> sampler_step_eager(
     const std::optional<at::Tensor>& h1, const std::optional<at::Tensor>& h2,
     const std::optional<at::Tensor>& z, const std::vector<double>& coeffs,
     std::optional<double> clip, bool want_x0) {
+  auto odd = [](const at::Tensor& t) { return t.is_neg() || t.is_conj() || t._is_zerotensor(); };
+  auto odd_opt = [&](const std::optional<at::Tensor>& t) { return t && odd(*t); };
+  if (odd(x) || odd(m) || odd_opt(u) || odd_opt(h1) || odd_opt(h2) || odd_opt(z)) {
+    // lazily negated or zero tensors: the dispatcher's fallbacks materialise them first
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("fastgen::sampler_step", "")
+                               .typed<std::tuple<at::Tensor, at::Tensor>(
+                                   const at::Tensor&, const at::Tensor&,
+                                   const std::optional<at::Tensor>&,
+                                   const std::optional<at::Tensor>&,
+                                   const std::optional<at::Tensor>&,
+                                   const std::optional<at::Tensor>&, at::ArrayRef<double>,
+                                   std::optional<double>, bool)>();
+    return op.call(x.contiguous(), m.contiguous(), u, h1, h2, z, coeffs, clip, want_x0);
+  }
   RECORD_FUNCTION("fastgen::sampler_step", std::vector<c10::IValue>());
   // sample and model_output of any layout, as fastgen/ops/sampler.py's other paths take them
   return fastgen::sampler_step_cpu(x.contiguous(), m.contiguous(), u, h1, h2, z, coeffs, clip,

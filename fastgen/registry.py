@@ -1,6 +1,8 @@
 """Which implementation runs an op: one registry for every fastgen op.
 
-The PyTorch dispatcher picks the device; this registry picks the implementation for that device.
+The PyTorch dispatcher picks the device (plain eager CPU calls of sampler_step skip it and call
+the kernel directly: fastgen/ops/sampler.py); this registry picks the implementation for that
+device.
 Each op declares its backends in order of preference (``cuda``, ``triton``, ``cpu``, ``reference``),
 and each backend says on which device types it runs and, for a given call, why it cannot. The
 choice, made at call time:
@@ -150,24 +152,25 @@ def ops() -> dict[str, Op]:
 _ENV_CACHE: dict = {}
 # os.environ keeps its values in a dict keyed by the encoded name; reading that dict costs 0.1 µs
 # where os.environ.get costs ~1 µs (Mapping.get -> __getitem__ -> encode), on ops' hot paths.
-_ENV_DATA = getattr(os.environ, "_data", None)
+# (Read through os.environ on every call, so a replaced os.environ is followed too.)
 _ENV_KEY = os.environ.encodekey(ENV_VAR) if hasattr(os.environ, "encodekey") else None
-
-
-def env_rule() -> str:
-    """The current value of FASTGEN_BACKEND ("" when unset), read cheaply."""
-    if _ENV_DATA is not None and _ENV_KEY is not None:
-        raw = _ENV_DATA.get(_ENV_KEY)
-        return "" if raw is None else os.environ.decodevalue(raw)
-    return os.environ.get(ENV_VAR, "")
 
 
 def env_token() -> object:
     """FASTGEN_BACKEND's stored value as it is (no decoding; None when unset): cheap, and it
     changes whenever the variable does, for caches keyed on the variable."""
-    if _ENV_DATA is not None and _ENV_KEY is not None:
-        return _ENV_DATA.get(_ENV_KEY)
+    data = getattr(os.environ, "_data", None)
+    if type(data) is dict and _ENV_KEY is not None:
+        return data.get(_ENV_KEY)
     return os.environ.get(ENV_VAR)
+
+
+def env_rule() -> str:
+    """The current value of FASTGEN_BACKEND ("" when unset), read cheaply."""
+    raw = env_token()
+    if raw is None:
+        return ""
+    return os.environ.decodevalue(raw) if type(raw) is bytes else str(raw)
 
 
 def _env_choice(op: Op) -> Optional[str]:

@@ -65,7 +65,8 @@ class FrozenConfig(dict):
         # The dict is also the attribute dict: ``config.key`` is then an ordinary attribute
         # lookup (0.05 µs) instead of a failed one followed by __getattr__ (0.5 µs), on the
         # schedulers' per-step paths. (A key named like a dict method would shadow the method
-        # on attribute access, as in diffusers' FrozenDict; no scheduler has one.)
+        # on attribute access, as in diffusers' FrozenDict; no scheduler has one. The config
+        # refers to itself: it is freed by the cyclic garbage collector.)
         object.__setattr__(self, "__dict__", self)
 
     def __getattr__(self, name: str) -> Any:

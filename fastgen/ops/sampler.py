@@ -224,7 +224,9 @@ def _check(x, m, c_sample, c_x0, c_model, history, c_history, noise, c_noise, x0
 def _run_reference(x, m, u, h1, h2, z, k, clip, want_x0):
     if not isinstance(k, StepCoeffs):
         k = StepCoeffs(*k)
-    return _ref.sampler_step(x, m, k, uncond=u, history=(h1, h2), noise=z, clip=clip)
+    # contiguous x: contiguous outputs, as the kernels give
+    return _ref.sampler_step(x.contiguous(), m.contiguous(), k, uncond=u, history=(h1, h2),
+                             noise=z, clip=clip)
 
 
 def _run_cpu(x, m, u, h1, h2, z, k, clip, want_x0):
@@ -239,16 +241,19 @@ _Tensor = torch.Tensor
 _no_dispatch_modes = torch._C._len_torch_dispatch_stack
 _functorch_active = torch._C._are_functorch_transforms_active
 _function_mode_on = torch._C._is_torch_function_mode_enabled
+_jit_tracing = torch._C._get_tracing_state
 
 
 def _plain_call(x, m, u, h1, h2, z) -> bool:
-    """A plain eager call: plain tensors (no subclass), no torch.compile trace, no dispatch or
-    torch-function mode, no functorch transform. Such a call can skip the dispatcher."""
+    """A plain eager call: plain tensors (no subclass), no torch.compile or torch.jit trace, no
+    dispatch or torch-function mode, no functorch transform. Such a call can skip the
+    dispatcher (tensors with a negative / conjugate / zero-tensor bit are sent back to it by the
+    C++ side)."""
     return (type(x) is _Tensor and type(m) is _Tensor
             and (u is None or type(u) is _Tensor) and (h1 is None or type(h1) is _Tensor)
             and (h2 is None or type(h2) is _Tensor) and (z is None or type(z) is _Tensor)
             and not torch.compiler.is_compiling() and _no_dispatch_modes() == 0
-            and not _functorch_active() and not _function_mode_on())
+            and not _functorch_active() and not _function_mode_on() and _jit_tracing() is None)
 
 
 @functools.lru_cache(maxsize=None)

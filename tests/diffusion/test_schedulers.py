@@ -19,6 +19,7 @@ import inspect
 import math
 import pickle
 import random
+import warnings
 
 import pytest
 import torch
@@ -533,23 +534,28 @@ def test_ddim_pipeline_with_fastgen_scheduler():
 def test_channels_last_inputs_give_the_contiguous_result(name):
     """A channels-last sample and model output (a UNet's output can be one) step to the same
     values as contiguous ones."""
-    def run(layout):
+    def run(layout, grad=False):
         s = getattr(fd, name)()
         s.set_timesteps(4)
         g = torch.Generator().manual_seed(0)
         x = torch.randn(SHAPE, generator=g)
         outs = []
         for t in s.timesteps[:3]:
-            m = torch.randn(SHAPE, generator=g)
+            m = torch.randn(SHAPE, generator=g).contiguous(memory_format=layout)
             kw = ({"generator": torch.Generator().manual_seed(1)}
                   if "generator" in inspect.signature(s.step).parameters else {})
-            x = s.step(m.contiguous(memory_format=layout), t,
-                       x.contiguous(memory_format=layout), **kw).prev_sample
-            outs.append(x.contiguous())
+            x = s.step(m.requires_grad_(grad), t, x.contiguous(memory_format=layout),
+                       **kw).prev_sample
+            assert x.is_contiguous() and (x.grad_fn is not None) == grad
+            outs.append(x.detach())
         return outs
 
-    for a, b in zip(run(torch.contiguous_format), run(torch.channels_last)):
-        assert torch.equal(a, b)
+    with warnings.catch_warnings():  # the reference runs when inputs need grad (warned once)
+        warnings.simplefilter("ignore")
+        for a, b, c in zip(run(torch.contiguous_format), run(torch.channels_last),
+                           run(torch.channels_last, grad=True)):
+            assert torch.equal(a, b)
+            assert torch.allclose(a, c, rtol=1e-5, atol=1e-5)  # the reference (no fma)
 
 
 # --- errors ------------------------------------------------------------------------------------

@@ -231,6 +231,39 @@ def test_plain_calls_skip_the_dispatcher_others_do_not(gen):
         out = sampler_step(x, m, c_sample=0.5, c_model=-0.25, backend="cpu")
     assert any(e.name == "fastgen::sampler_step" for e in prof.events())
     _assert_rel(out, want, 4e-6, "direct")
+    # the plain call did take the direct path
+    direct, calls = mod._direct_cpu(), []
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(mod, "_direct_cpu", lambda: lambda *a: calls.append(1) or direct(*a))
+    try:
+        out = sampler_step(x, m, c_sample=0.5, c_model=-0.25, backend="cpu")
+    finally:
+        monkey.undo()
+    assert calls == [1]
+    _assert_rel(out, want, 4e-6, "direct, counted")
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
+def test_traced_step_records_the_op(gen):
+    """torch.jit.trace sees the op (the direct path is for untraced calls): the traced function
+    computes the step on new inputs."""
+    def step(x, m):
+        return sampler_step(x, m, c_sample=0.5, c_model=-0.25)
+
+    traced = torch.jit.trace(step, (torch.randn(3, 8, generator=gen),
+                                    torch.randn(3, 8, generator=gen)))
+    x, m = (torch.randn(3, 8, generator=gen) for _ in range(2))
+    _assert_rel(traced(x, m), 0.5 * x.double() - 0.25 * m.double(), 4e-6, "traced")
+
+
+def test_lazily_negated_inputs(gen):
+    """A negative-bit view (torch._neg_view) is read as its negated values on every path."""
+    t, m = (torch.randn(4, 9, generator=gen) for _ in range(2))
+    x = torch._neg_view(t)
+    assert x.is_neg()
+    for backend in [b for b in available_backends("sampler_step", "cpu") if b != "triton"]:
+        out = sampler_step(x, m, c_sample=0.5, c_model=-0.25, backend=backend)
+        _assert_rel(out, -0.5 * t.double() - 0.25 * m.double(), 4e-6, backend)
 
 
 # --- bad input -----------------------------------------------------------------------------------
