@@ -5,7 +5,7 @@ import torch
 
 from fastgen.testing import (DEFAULT_TOLERANCES, LAYOUTS, ODD_SIZES, assert_close,
                              check_against_reference, check_error_ratio, make_tensor, odd_shapes,
-                             poison_, poisoned, tolerance)
+                             poison_, poisoned, recorded_ops, tolerance)
 from fastgen.testing.tolerances import OVERRIDES
 
 
@@ -108,3 +108,12 @@ def test_odd_shapes_mix_odd_sizes_under_the_cap():
     assert all(s[0] * s[1] * s[2] <= 5000 for s in shapes)
     assert {1, 7, 97} <= {d for s in shapes for d in s}
     assert max(ODD_SIZES) > 1000
+
+
+def test_recorded_ops_lists_what_reaches_the_dispatcher(gen):
+    x = torch.randn(4, generator=gen)
+    with recorded_ops() as seen:
+        y = torch.add(x, x)
+    torch.mul(x, x)  # outside the block: not recorded
+    assert torch.equal(y, 2 * x)
+    assert any("aten.add" in op for op in seen) and not any("aten.mul" in op for op in seen)

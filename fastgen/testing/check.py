@@ -19,7 +19,8 @@ gradients under a fresh random upstream gradient:
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+import contextlib
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
@@ -27,7 +28,7 @@ from .. import registry
 from .compare import assert_close, check_error_ratio, max_abs_error, poisoned
 from .tolerances import ERROR_RATIO_K, tolerance
 
-__all__ = ["available_backends", "check_against_reference", "devices"]
+__all__ = ["available_backends", "check_against_reference", "devices", "recorded_ops"]
 
 
 def devices() -> list[str]:
@@ -112,3 +113,21 @@ def check_against_reference(fn: Callable, ref: Callable, args: Sequence, kwargs:
                                      f"{tuple(gb.shape)} {gb.dtype}")
             errors[name] = _compare(gk, gt, gb, k=k, op=op, backend=backend, name=name)
     return errors
+
+
+@contextlib.contextmanager
+def recorded_ops() -> Iterator[list[str]]:
+    """Inside the block, the name of every operator that reaches the dispatcher is appended to
+    the yielded list (a TorchDispatchMode; the operators still run): to test that a call goes
+    through ``torch.ops`` or that it does not."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    names: list[str] = []
+
+    class _Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            names.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with _Record():
+        yield names

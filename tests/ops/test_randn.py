@@ -10,7 +10,7 @@ import torch
 from fastgen import registry
 from fastgen.ops import randn
 from fastgen.reference import randn as ref
-from fastgen.testing import available_backends
+from fastgen.testing import available_backends, recorded_ops
 
 R = sys.modules["fastgen.ops.randn"]
 FAST = "cpu" in available_backends("randn", "cpu")
@@ -186,8 +186,6 @@ def test_default_device_is_torchs():
 
 def test_transforms_and_modes_see_torch_randn(seed):
     """vmap's randomness rules and dispatch modes apply: those calls run torch.randn."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     x = torch.zeros(3, 40)
 
     def rows(make):
@@ -200,18 +198,9 @@ def test_transforms_and_modes_see_torch_randn(seed):
     with pytest.raises(RuntimeError, match="randomness"):
         torch.func.vmap(lambda r: r + randn(r.shape), randomness="error")(x)
 
-    class Record(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.ops = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.ops.append(str(func))
-            return func(*args, **(kwargs or {}))
-
-    with Record() as mode:
+    with recorded_ops() as seen:
         randn((64,), generator=torch.Generator().manual_seed(seed))
-    assert mode.ops and not any("fastgen" in op for op in mode.ops), mode.ops
+    assert seen and not any("fastgen" in op for op in seen), seen
 
 
 _COLD_START = """

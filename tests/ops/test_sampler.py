@@ -11,7 +11,7 @@ import torch
 
 from fastgen.ops.sampler import StepCoeffs, cfg_combine, sampler_step
 from fastgen.reference import sampler as ref
-from fastgen.testing import available_backends, devices
+from fastgen.testing import available_backends, devices, recorded_ops
 
 CASES = [(dev, be) for dev in devices() for be in available_backends("sampler_step", dev)
          if be != "reference"]
@@ -205,27 +205,15 @@ def test_plain_calls_skip_the_dispatcher_others_do_not(gen):
     still sees the op, and the profiler names it either way."""
     if "cpu" not in available_backends("sampler_step", "cpu"):
         pytest.skip("the CPU extension is not built")
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     import fastgen.ops.sampler as mod
 
     x, m = (torch.randn(3, 50, generator=gen) for _ in range(2))
     want = 0.5 * x.double() - 0.25 * m.double()
     assert mod._direct_cpu() is not None and mod._plain_call(x, m, None, None, None, None)
-
-    class Seen(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.ops = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.ops.append(str(func))
-            return func(*args, **(kwargs or {}))
-
-    with Seen() as seen:
+    with recorded_ops() as seen:
         assert not mod._plain_call(x, m, None, None, None, None)
         out = sampler_step(x, m, c_sample=0.5, c_model=-0.25, backend="cpu")
-    assert any("fastgen.sampler_step" in op for op in seen.ops), seen.ops
+    assert any("fastgen.sampler_step" in op for op in seen), seen
     _assert_rel(out, want, 4e-6, "under a dispatch mode")
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         out = sampler_step(x, m, c_sample=0.5, c_model=-0.25, backend="cpu")
