@@ -65,8 +65,8 @@ pybind11::dict cpu_pool_stats() {
 
 // The same kernel called without the dispatcher: ~1 µs of argument handling instead of ~4 µs
 // (schema parsing, boxing). Only for plain eager calls on CPU tensors that need no autograd;
-// fastgen/ops/sampler.py checks that (no torch.compile, no modes, no functorch, no subclass)
-// and uses torch.ops.fastgen.sampler_step otherwise.
+// fastgen/ops/sampler.py checks that (no torch.compile or torch.jit trace, no modes, no
+// functorch, no subclass) and uses torch.ops.fastgen.sampler_step otherwise.
 std::tuple<at::Tensor, at::Tensor> sampler_step_eager(
     const at::Tensor& x, const at::Tensor& m, const std::optional<at::Tensor>& u,
     const std::optional<at::Tensor>& h1, const std::optional<at::Tensor>& h2,
