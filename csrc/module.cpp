@@ -13,14 +13,9 @@
 #include <vector>
 
 #include "cpu/buffer_pool.h"
+#include "cpu/sampler.h"
 
 namespace fastgen {
-// csrc/cpu/sampler.cpp: the kernel behind torch.ops.fastgen.sampler_step.
-std::tuple<at::Tensor, at::Tensor> sampler_step_cpu(
-    const at::Tensor& x, const at::Tensor& m, const std::optional<at::Tensor>& u,
-    const std::optional<at::Tensor>& h1, const std::optional<at::Tensor>& h2,
-    const std::optional<at::Tensor>& z, at::ArrayRef<double> coeffs, std::optional<double> clip,
-    bool want_x0);
 #ifdef FASTGEN_WITH_CUDA
 std::string cuda_build_summary();  // csrc/cuda/build_info.cu
 #endif

@@ -22,6 +22,7 @@
 
 #include "common/fastgen.h"
 #include "cpu/buffer_pool.h"
+#include "cpu/sampler.h"
 #include "cpu/vec_io.h"
 
 namespace fastgen {

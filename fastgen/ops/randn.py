@@ -12,8 +12,8 @@ its AVX2 kernels, the C library's functions in the others), so the ``cpu`` backe
 a probe which of its two variants reproduces this torch bit for bit, and is unavailable when
 neither does. Calls it cannot serve run ``torch.randn`` itself (the same numbers, only not
 faster): CUDA tensors, float64 and complex dtypes, fewer than 16 elements, and traced or
-transformed calls (torch.compile, functorch transforms such as vmap, dispatch modes such as fake
-tensors), which must see torch's own random op.
+transformed calls (torch.compile or torch.jit traces, functorch transforms such as vmap, dispatch
+modes such as fake tensors), which must see torch's own random op.
 
 Files of this op family:
 
@@ -34,6 +34,7 @@ from torch.utils import _python_dispatch
 
 from .. import _ext, registry
 from ..reference import randn as _ref
+from ._eager import plain_eager
 
 __all__ = ["randn"]
 
@@ -65,7 +66,7 @@ def randn(size: Union[int, Sequence[int]], *, generator: Optional[torch.Generato
     if dtype is not None and (not isinstance(dtype, torch.dtype)
                               or not (dtype.is_floating_point or dtype.is_complex)):
         raise TypeError(f"randn: dtype must be a floating or complex torch.dtype, got {dtype!r}")
-    if not _plain_eager():
+    if not plain_eager():
         if backend is not None:
             _OP.backend(backend)  # an unknown name is still an error
         return _run_reference(shape, generator, dtype, device)
@@ -114,14 +115,6 @@ def _shape(size) -> tuple[int, ...]:
 
 def _run_reference(shape, generator, dtype, device):
     return _ref.randn(shape, generator=generator, dtype=dtype, device=device)
-
-
-def _plain_eager() -> bool:
-    """False while torch.compile traces, a functorch transform (vmap, grad) runs or a Python
-    dispatch mode (fake tensors, RNG-tracking modes) is active: each must see torch.randn's own
-    random op, not this kernel's."""
-    return not (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
-                or _python_dispatch._get_current_dispatch_mode() is not None)
 
 
 def _run_cpu(shape, generator, dtype, device):

@@ -13,7 +13,8 @@ Files of this op family:
 
     fastgen/ops/sampler.py         this file: public functions, checks, backends, fake kernel
     fastgen/reference/sampler.py   the math in plain PyTorch (StepCoeffs)
-    csrc/cpu/sampler.cpp           backend ``cpu``    (at::parallel_for, at::vec)
+    csrc/cpu/sampler.{h,cpp}       backend ``cpu``    (at::parallel_for, at::vec); plain eager
+                                   calls reach it through fastgen._C (csrc/module.cpp)
     kernels/sampler.py             backend ``triton`` (GPU; CPU under TRITON_INTERPRET=1)
     fastgen/diffusion/             diffusers-compatible schedulers built on it
     tests/ops/test_sampler.py      tests; fastgen/bench/sampler.py benchmark cases
@@ -34,6 +35,7 @@ import torch
 from .. import _ext, registry
 from ..reference import sampler as _ref
 from ..reference.sampler import StepCoeffs
+from ._eager import plain_eager
 
 __all__ = ["sampler_step", "cfg_combine", "StepCoeffs"]
 
@@ -238,22 +240,18 @@ def _run_cpu(x, m, u, h1, h2, z, k, clip, want_x0):
 
 
 _Tensor = torch.Tensor
-_no_dispatch_modes = torch._C._len_torch_dispatch_stack
-_functorch_active = torch._C._are_functorch_transforms_active
 _function_mode_on = torch._C._is_torch_function_mode_enabled
-_jit_tracing = torch._C._get_tracing_state
 
 
 def _plain_call(x, m, u, h1, h2, z) -> bool:
-    """A plain eager call: plain tensors (no subclass), no torch.compile or torch.jit trace, no
-    dispatch or torch-function mode, no functorch transform. Such a call can skip the
-    dispatcher (tensors with a negative / conjugate / zero-tensor bit are sent back to it by the
-    C++ side)."""
+    """A plain eager call (``plain_eager``: no torch.compile or torch.jit trace, no dispatch
+    mode, no functorch transform), with plain tensors (no subclass) and no torch-function mode.
+    Such a call can skip the dispatcher (tensors with a negative / conjugate / zero-tensor bit
+    are sent back to it by the C++ side)."""
     return (type(x) is _Tensor and type(m) is _Tensor
             and (u is None or type(u) is _Tensor) and (h1 is None or type(h1) is _Tensor)
             and (h2 is None or type(h2) is _Tensor) and (z is None or type(z) is _Tensor)
-            and not torch.compiler.is_compiling() and _no_dispatch_modes() == 0
-            and not _functorch_active() and not _function_mode_on() and _jit_tracing() is None)
+            and not _function_mode_on() and plain_eager())
 
 
 @functools.lru_cache(maxsize=None)
