@@ -263,3 +263,10 @@ def test_bad_input(kw, exc, match):
 def test_op_rejects(out, variant, match):
     with pytest.raises(RuntimeError, match=match):
         torch.ops.fastgen.randn_(out(), None, variant)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
+def test_jit_trace_records_torch_randn():
+    """A torch.jit trace records torch's own random op (the kernel is for untraced calls)."""
+    traced = torch.jit.trace(lambda x: x + randn((64,)), torch.zeros(64))
+    assert "aten::randn" in str(traced.graph), traced.graph
