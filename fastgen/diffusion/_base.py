@@ -620,6 +620,9 @@ class StepIndexMixin:
         if isinstance(begin_index, bool) or not isinstance(begin_index, numbers.Integral):
             raise TypeError(f"{type(self).__name__}.set_begin_index: begin_index must be an int, "
                             f"got {begin_index!r}")
+        if begin_index < 0:
+            raise ValueError(f"{type(self).__name__}.set_begin_index: begin_index must be >= 0, "
+                             f"got {begin_index}")
         self._begin_index = int(begin_index)
 
     def index_for_timestep(self, timestep, schedule_timesteps=None) -> int:
@@ -666,7 +669,25 @@ class StepIndexMixin:
             v = self._timestep_value(timestep, required=False)
             if v is not None:
                 self._indices_of(v)
-        return self._step_index
+        i = self._step_index
+        if i >= len(self._ts_host):
+            self._refuse_past_end(i)
+        return i
+
+    def _refuse_past_end(self, i: int) -> None:
+        """Every step of the schedule has been taken: a clear error instead of an IndexError
+        (diffusers') or a step off the end of the sigmas."""
+        name, n = type(self).__name__, len(self._ts_host)
+        msg = (f"{name}: the schedule has no step left (step index {i}, {n} timesteps); "
+               f"call set_timesteps(...) to start a new loop")
+        first = self._ts_host[0]
+        if self._begin_index is None and n > 1 and self._key(self._ts_host[1]) == \
+                self._key(first):
+            msg += (f". The first step began at index 1, not 0, because timestep {first:g} "
+                    f"occurs more than once in the schedule (diffusers' rule, so that a loop "
+                    f"started mid-schedule skips no noise level); call set_begin_index(0) "
+                    f"before a loop over every timestep")
+        raise ValueError(msg)
 
     def _step_indices(self, timesteps) -> list[int]:
         """Indices for add_noise: per timestep, or the current/begin index once set."""

@@ -236,6 +236,15 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerBase):
             em1, em2, e1 = math.expm1(-h), math.expm1(-2.0 * h), math.exp(-h)
         ratio = sig_t / sig_s0
         first = c.solver_order == 1 or self.lower_order_nums < 1 or lower_final
+        if not first:
+            a_s1, sig_s1 = self._alpha_sigma(self._sig[i - 1])
+            lam_s1 = self._lambda(a_s1, sig_s1)
+            # A zero-length step (σ_t = σ_s0: the last step of a schedule whose final sigma
+            # repeats its last, e.g. karras + final_sigmas_type="sigma_min") or one after a
+            # repeated noise level has no finite difference D1: the first-order update, which is
+            # the second-order one's limit (x_t = x_s0 when h = 0). diffusers divides by zero
+            # there: NaN with solver_type="heun", x_s0 with "midpoint".
+            first = h == 0.0 or lam_s0 == lam_s1
         history, c_hist = [], []
         if not sde:
             c_x = ratio
@@ -246,8 +255,7 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerBase):
             c_0 = -a_t * em2
             c_z = sig_t * math.sqrt(max(-em2, 0.0))
         if not first:
-            a_s1, sig_s1 = self._alpha_sigma(self._sig[i - 1])
-            r0 = (lam_s0 - self._lambda(a_s1, sig_s1)) / h
+            r0 = (lam_s0 - lam_s1) / h
             # D1 = (D0 − D_prev)/r0 and its coefficient k1: c_0 += k1/r0, c_prev = −k1/r0
             if not sde:
                 k1 = (-0.5 * a_t * em1 if c.solver_type == "midpoint"
