@@ -1,4 +1,4 @@
-"""DPM-Solver++ (Lu et al., 2022), multistep, first or second order, ODE or SDE variant."""
+"""DPM-Solver++ (Lu et al., 2022), multistep, first to third order, ODE or SDE variant."""
 
 from __future__ import annotations
 
@@ -17,12 +17,14 @@ __all__ = ["DPMSolverMultistepScheduler"]
 class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerBase):
     """DPM-Solver++ multistep sampling, a drop-in for ``diffusers.DPMSolverMultistepScheduler``
     (0.42.1) with ``algorithm_type`` "dpmsolver++" (DPM++ 2M; "DPM++ 2M Karras" with
-    ``use_karras_sigmas=True``) or "sde-dpmsolver++" (DPM++ 2M SDE), ``solver_order`` 1 or 2.
+    ``use_karras_sigmas=True``) or "sde-dpmsolver++" (DPM++ 2M SDE), ``solver_order`` 1, 2
+    or 3 (DPM++ 3M, 3M SDE).
 
     The sample stays in VP scale (``init_noise_sigma = 1``). Each step is one fused
     :func:`fastgen.ops.sampler_step` call: the model output becomes x̂0 = D0 in the prologue, the
     previous step's x̂0 is the history tensor, and the second-order term
-    ``D1 = (D0 − D_prev)/r0`` is folded into the coefficients of x̂0 and the history. The SDE
+    ``D1 = (D0 − D_prev)/r0`` is folded into the coefficients of x̂0 and the history (third
+    order: D1 and D2 from the previous two x̂0s, two history tensors). The SDE
     variant's noise is ``variance_noise`` when given, else drawn like diffusers (float32, from
     ``generator``).
 
@@ -33,7 +35,7 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerBase):
     linspace, leading, trailing; rescale_betas_zero_snr; custom ``timesteps``. As in diffusers,
     algorithm_type "deis" reads as "dpmsolver++" and solver_type logrho / bh1 / bh2 as
     "midpoint". Not supported (ValueError): algorithm_type dpmsolver / sde-dpmsolver,
-    solver_order 3, thresholding, variance_type learned / learned_range,
+    thresholding, variance_type learned / learned_range,
     use_exponential_sigmas, use_beta_sigmas, use_dynamic_shifting.
     """
 
@@ -65,7 +67,7 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerBase):
             object.__setattr__(self, "_internal_dict", FrozenConfig({**self.config, **remap}))
         self._check_choice("algorithm_type", ("dpmsolver++", "sde-dpmsolver++"),
                            "the noise-prediction variants are deprecated in diffusers")
-        self._check_choice("solver_order", (1, 2), "third order is not implemented")
+        self._check_choice("solver_order", (1, 2, 3))
         self._check_choice("solver_type", ("midpoint", "heun"))
         self._check_choice("prediction_type", ("epsilon", "sample", "v_prediction",
                                                "flow_prediction"))
@@ -206,6 +208,7 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerBase):
         n = len(self._ts_host)
         lower_final = (i == n - 1) and (c.euler_at_final or (c.lower_order_final and n < 15)
                                         or c.final_sigmas_type == "zero")
+        lower_second = (i == n - 2) and c.lower_order_final and n < 15
         s0 = self._sig[i]
         a_s0, sig_s0 = self._alpha_sigma(s0)
         a_t, sig_t = self._alpha_sigma(self._sig[i + 1])
@@ -235,17 +238,27 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerBase):
         else:
             em1, em2, e1 = math.expm1(-h), math.expm1(-2.0 * h), math.exp(-h)
         ratio = sig_t / sig_s0
-        first = c.solver_order == 1 or self.lower_order_nums < 1 or lower_final
-        if not first:
-            a_s1, sig_s1 = self._alpha_sigma(self._sig[i - 1])
-            lam_s1 = self._lambda(a_s1, sig_s1)
+        if c.solver_order == 1 or self.lower_order_nums < 1 or lower_final:
+            order = 1
+        elif c.solver_order == 2 or self.lower_order_nums < 2 or lower_second:
+            order = 2
+        else:
+            order = 3
+        if order > 1:
+            lam_s1 = self._lambda(*self._alpha_sigma(self._sig[i - 1]))
             # A zero-length step (σ_t = σ_s0: the last step of a schedule whose final sigma
             # repeats its last, e.g. karras + final_sigmas_type="sigma_min") or one after a
             # repeated noise level has no finite difference D1: the first-order update, which is
-            # the second-order one's limit (x_t = x_s0 when h = 0). diffusers divides by zero
+            # the higher-order one's limit (x_t = x_s0 when h = 0). diffusers divides by zero
             # there: NaN with solver_type="heun", x_s0 with "midpoint".
-            first = h == 0.0 or lam_s0 == lam_s1
-        history, c_hist = [], []
+            if h == 0.0 or lam_s0 == lam_s1:
+                order = 1
+            elif order == 3:
+                lam_s2 = self._lambda(*self._alpha_sigma(self._sig[i - 2]))
+                if lam_s1 == lam_s2:
+                    order = 2
+        # x_t = c_x·x + K0·D0 + K1·D1 + K2·D2 (+ c_z·z), with D1, D2 finite differences of D0
+        # and the previous x̂0s; each K is the coefficient in diffusers' update
         if not sde:
             c_x = ratio
             c_0 = -a_t * em1
@@ -254,7 +267,8 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerBase):
             c_x = ratio * e1
             c_0 = -a_t * em2
             c_z = sig_t * math.sqrt(max(-em2, 0.0))
-        if not first:
+        history, c_hist = [], []
+        if order == 2:
             r0 = (lam_s0 - lam_s1) / h
             # D1 = (D0 − D_prev)/r0 and its coefficient k1: c_0 += k1/r0, c_prev = −k1/r0
             if not sde:
@@ -265,6 +279,21 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerBase):
                       else a_t * (em2 / (2.0 * h) + 1.0))
             c_0 += k1 / r0
             history, c_hist = [self.model_outputs[-1]], [-k1 / r0]
+        elif order == 3:
+            # D1_0 = (D0 − m1)/r0, D1_1 = (m1 − m2)/r1, D1 = D1_0 + q·(D1_0 − D1_1),
+            # D2 = w·(D1_0 − D1_1) with q = r0/(r0 + r1), w = 1/(r0 + r1): linear in D0, m1, m2
+            # (the previous two x̂0s), so the update is one fused call with two history tensors
+            r0, r1 = (lam_s0 - lam_s1) / h, (lam_s1 - lam_s2) / h
+            a0, a1, q, w = 1.0 / r0, 1.0 / r1, r0 / (r0 + r1), 1.0 / (r0 + r1)
+            if not sde:
+                k1, k2 = a_t * (em1 / h + 1.0), -a_t * ((em1 + h) / (h * h) - 0.5)
+            else:
+                k1 = a_t * (em2 / (2.0 * h) + 1.0)
+                k2 = a_t * ((-em2 - 2.0 * h) / (4.0 * h * h) - 0.5)
+            c_0 += k1 * (1.0 + q) * a0 + k2 * w * a0
+            history = [self.model_outputs[-1], self.model_outputs[-2]]
+            c_hist = [-k1 * ((1.0 + q) * a0 + q * a1) - k2 * w * (a0 + a1),
+                      k1 * q * a1 + k2 * w * a1]
         out, x0 = fused_step(sample, model_output, c_sample=c_x, c_x0=c_0, history=history,
                              c_history=c_hist, noise=noise, c_noise=c_z, x0_sample=px,
                              x0_model=pm, want_x0="eager", has_x0=False)

@@ -107,17 +107,18 @@ def _config(name: str, r: random.Random):
         sigmas = r.choice(["plain", "plain", "karras", "lu"])
         cfg = dict(_betas(r), prediction_type=r.choice(["epsilon", "v_prediction", "sample"]),
                    algorithm_type=r.choice(["dpmsolver++", "sde-dpmsolver++"]),
-                   solver_order=r.choice([1, 2, 2]), solver_type=r.choice(["midpoint", "heun"]),
+                   solver_order=r.choice([1, 2, 2, 3]), solver_type=r.choice(["midpoint", "heun"]),
                    lower_order_final=r.random() < 0.7, euler_at_final=r.random() < 0.2,
                    final_sigmas_type=r.choice(["zero", "sigma_min"]),
                    use_karras_sigmas=sigmas == "karras", use_lu_lambdas=sigmas == "lu",
                    timestep_spacing=spacing, steps_offset=r.choice([0, 1]),
                    rescale_betas_zero_snr=r.random() < 0.2)
-        if sigmas != "plain" and cfg["final_sigmas_type"] == "sigma_min" and \
-                cfg["solver_type"] == "heun":
+        if sigmas != "plain" and cfg["final_sigmas_type"] == "sigma_min" and (
+                cfg["solver_type"] == "heun" or cfg["solver_order"] == 3):
             # the last step is zero-length there (σ_last = σ_min = the last timestep's σ) and
-            # diffusers' second-order heun update divides 0 by 0 (NaN; fastgen returns the
-            # sample: test_dpm_zero_length_last_step); euler_at_final is diffusers' remedy
+            # diffusers' second-order heun and third-order updates divide 0 by 0 (NaN; fastgen
+            # returns the sample: test_dpm_zero_length_last_step); euler_at_final is diffusers'
+            # remedy
             cfg["euler_at_final"] = True
     else:
         cfg = dict(shift=r.choice([1.0, 3.0]), stochastic_sampling=r.random() < 0.4,
@@ -138,6 +139,9 @@ FIXED = [  # edge configs the random draw may miss
     ("DPMSolverMultistepScheduler", dict(SD, use_karras_sigmas=True), 25, {}, {}),
     ("DPMSolverMultistepScheduler", dict(final_sigmas_type="sigma_min", lower_order_final=False,
                                          solver_type="heun"), 20, {}, {}),
+    ("DPMSolverMultistepScheduler", dict(SD, solver_order=3, use_karras_sigmas=True), 20, {}, {}),
+    ("DPMSolverMultistepScheduler", dict(SD, solver_order=3, algorithm_type="sde-dpmsolver++",
+                                         lower_order_final=False), 12, {}, {}),
     ("DPMSolverMultistepScheduler", dict(use_flow_sigmas=True, flow_shift=3.0,
                                          prediction_type="flow_prediction"), 12, {}, {}),
     ("DPMSolverMultistepScheduler", dict(lambda_min_clipped=-5.1, algorithm_type="sde-dpmsolver++",
@@ -462,6 +466,7 @@ def _gaussian_eps(alphas_cumprod: torch.Tensor):
                                       ("DPMSolverMultistepScheduler", {}),
                                       ("DPMSolverMultistepScheduler",
                                        dict(algorithm_type="sde-dpmsolver++")),
+                                      ("DPMSolverMultistepScheduler", dict(solver_order=3)),
                                       ("HeunDiscreteScheduler", dict(beta_start=1e-4,
                                                                      beta_end=0.02)),
                                       ("DDPMScheduler", {})])
@@ -514,7 +519,7 @@ def test_one_fused_call_per_step(name, monkeypatch):
 
     monkeypatch.setattr(_base, "sampler_step", counting)
     monkeypatch.setattr(_base, "sampler_step_unchecked", counting_unchecked)
-    cfg = dict(algorithm_type="sde-dpmsolver++") if name.startswith("DPM") else {}
+    cfg = dict(algorithm_type="sde-dpmsolver++", solver_order=3) if name.startswith("DPM") else {}
     s = getattr(fd, name)(**cfg)
     s.set_timesteps(6)
     x = torch.randn(SHAPE)
@@ -691,7 +696,7 @@ def test_step_errors(name):
     ("HeunDiscreteScheduler", dict(use_exponential_sigmas=True)),
     ("DPMSolverMultistepScheduler", dict(algorithm_type="dpmsolver")),
     ("DPMSolverMultistepScheduler", dict(algorithm_type="sde-dpmsolver")),
-    ("DPMSolverMultistepScheduler", dict(solver_order=3)),
+    ("DPMSolverMultistepScheduler", dict(solver_order=4)),
     ("DPMSolverMultistepScheduler", dict(thresholding=True)),
     ("DPMSolverMultistepScheduler", dict(variance_type="learned_range")),
     ("DPMSolverMultistepScheduler", dict(use_beta_sigmas=True)),
@@ -767,14 +772,14 @@ def test_schedule_exhausted_with_a_repeated_first_timestep():
 
 
 @pytest.mark.parametrize("algorithm", ["dpmsolver++", "sde-dpmsolver++"])
-@pytest.mark.parametrize("solver_type", ["midpoint", "heun"])
-def test_dpm_zero_length_last_step(algorithm, solver_type, seed):
+@pytest.mark.parametrize("order,solver_type", [(2, "midpoint"), (2, "heun"), (3, "midpoint")])
+def test_dpm_zero_length_last_step(algorithm, order, solver_type, seed):
     """karras sigmas with final_sigmas_type="sigma_min": the last step goes from σ_min to σ_min.
-    Its second-order update has no finite difference; fastgen returns the sample unchanged
-    (the update's limit as h → 0, and diffusers' result for midpoint) where diffusers'
-    heun update divides 0 by 0 and returns NaN."""
+    Its higher-order update has no finite difference; fastgen returns the sample unchanged
+    (the update's limit as h → 0, and diffusers' result for second-order midpoint) where
+    diffusers' second-order heun and third-order updates divide 0 by 0 and return NaN."""
     cfg = dict(use_karras_sigmas=True, final_sigmas_type="sigma_min", lower_order_final=False,
-               algorithm_type=algorithm, solver_type=solver_type)
+               algorithm_type=algorithm, solver_type=solver_type, solver_order=order)
     s = fd.DPMSolverMultistepScheduler(**cfg)
     s.set_timesteps(20)
     assert float(s.sigmas[-1]) == float(s.sigmas[-2])
@@ -792,7 +797,7 @@ def test_dpm_zero_length_last_step(algorithm, solver_type, seed):
         ds.step(m, t, torch.randn(SHAPE))  # the history (model outputs) up to the last step
     last = ds.step(ms[-1], ds.timesteps[-1], last_in, variance_noise=torch.randn(SHAPE)
                    ).prev_sample
-    if solver_type == "midpoint":
+    if order == 2 and solver_type == "midpoint":
         assert torch.equal(last, last_in)
     else:
         assert last.isnan().all()  # diffusers 0.42.1; fastgen deliberately differs here
