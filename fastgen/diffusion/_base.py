@@ -276,6 +276,30 @@ def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) 
     return (hi + ramp * (lo - hi)) ** rho
 
 
+SIGMA_SPACINGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
+
+
+def spaced_sigmas(config, sig: np.ndarray, n: int) -> Optional[np.ndarray]:
+    """n noise levels spaced as the config's use_karras_sigmas (Karras et al. 2022),
+    use_exponential_sigmas (even in log σ) or use_beta_sigmas (the Beta(0.6, 0.6) inverse CDF of
+    Lee et al. 2024, through scipy as in diffusers) say, from σ_max = sig[0] down to
+    σ_min = sig[-1] (the config's sigma_max / sigma_min where it has them); None when none
+    is set."""
+    lo, hi = config.get("sigma_min"), config.get("sigma_max")
+    lo = sig[-1].item() if lo is None else lo
+    hi = sig[0].item() if hi is None else hi
+    if config.get("use_karras_sigmas"):
+        return karras_sigmas(lo, hi, n)
+    if config.get("use_exponential_sigmas"):
+        return np.exp(np.linspace(math.log(hi), math.log(lo), n))
+    if config.get("use_beta_sigmas"):
+        from scipy.stats import beta
+
+        ppf = [beta.ppf(q, 0.6, 0.6) for q in 1 - np.linspace(0, 1, n)]
+        return np.array([lo + p * (hi - lo) for p in ppf])
+    return None
+
+
 def sigma_to_t(sigma, log_sigmas: np.ndarray) -> np.ndarray:
     """The (fractional) training timestep of a noise level, by interpolation in log sigma."""
     log_sigma = np.log(np.maximum(sigma, 1e-10))
@@ -415,6 +439,26 @@ class SchedulerBase:
     def _check_false(self, key: str, why: str = "") -> None:
         if self.config[key]:
             self._fail(key, self.config[key], [False], why)
+
+    def _check_sigma_spacing(self) -> None:
+        """At most one of use_karras_sigmas / use_exponential_sigmas / use_beta_sigmas, and
+        scipy present for the beta spacing (as diffusers)."""
+        on = [k for k in SIGMA_SPACINGS if self.config.get(k)]
+        if len(on) > 1:
+            raise ValueError(f"{type(self).__name__}: use only one of "
+                             f"{', '.join(SIGMA_SPACINGS)}; got {', '.join(on)}")
+        if on == ["use_beta_sigmas"]:
+            import importlib.util
+
+            if importlib.util.find_spec("scipy") is None:
+                raise ImportError(f"{type(self).__name__}: use_beta_sigmas needs scipy (its Beta "
+                                  f"inverse CDF): pip install scipy")
+
+    def _spacing_refuses_timesteps(self, name: str) -> None:
+        """diffusers' rule: custom timesteps do not combine with a sigma spacing."""
+        on = [k for k in SIGMA_SPACINGS if self.config.get(k)]
+        if on:
+            raise ValueError(f"{name}: custom timesteps cannot be used with {on[0]}")
 
     def _check_int(self, key: str, minimum: int) -> int:
         v = self.config[key]

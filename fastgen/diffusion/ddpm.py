@@ -50,8 +50,9 @@ class DDPMScheduler(SchedulerBase):
 
     Supported: beta_schedule linear, scaled_linear, squaredcos_cap_v2, laplace, sigmoid (or
     trained_betas); prediction_type epsilon, sample, v_prediction; variance_type fixed_small,
-    fixed_small_log, fixed_large; timestep_spacing linspace, leading, trailing; steps_offset;
-    clip_sample; rescale_betas_zero_snr; custom ``timesteps``. Not supported (ValueError):
+    fixed_small_log, fixed_large (None reads as fixed_small, as in diffusers); timestep_spacing
+    linspace, leading, trailing; steps_offset; clip_sample; rescale_betas_zero_snr; custom
+    ``timesteps``. Not supported (ValueError):
     thresholding=True, variance_type fixed_large_log / learned / learned_range.
 
     The noise of a step is drawn like diffusers (``model_output``'s shape, dtype and device, from
@@ -70,7 +71,7 @@ class DDPMScheduler(SchedulerBase):
                  sample_max_value: float = 1.0, timestep_spacing: str = "leading",
                  steps_offset: int = 0, rescale_betas_zero_snr: bool = False):
         self._check_choice("prediction_type", PREDICTION_TYPES)
-        self._check_choice("variance_type", ("fixed_small", "fixed_small_log", "fixed_large"),
+        self._check_choice("variance_type", ("fixed_small", "fixed_small_log", "fixed_large", None),
                            "learned variances and fixed_large_log are not implemented")
         self._check_false("thresholding", "dynamic thresholding needs a per-sample quantile")
         self._check_spacing()

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ._base import (SchedulerBase, SchedulerOutput, StepIndexMixin, _bcast, fused_step,
-                    karras_sigmas, randn_tensor, register_config, sigma_to_t)
+                    karras_sigmas, randn_tensor, register_config, sigma_to_t, spaced_sigmas)
 
 __all__ = ["DPMSolverMultistepScheduler"]
 
@@ -30,13 +30,13 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerBase):
 
     Supported: beta_schedule linear, scaled_linear, squaredcos_cap_v2 (or trained_betas);
     prediction_type epsilon, sample, v_prediction, flow_prediction; solver_type midpoint, heun;
-    lower_order_final; euler_at_final; use_karras_sigmas; use_lu_lambdas; use_flow_sigmas with
+    lower_order_final; euler_at_final; use_karras_sigmas; use_exponential_sigmas;
+    use_beta_sigmas (needs scipy); use_lu_lambdas; use_flow_sigmas with
     flow_shift; final_sigmas_type zero, sigma_min; lambda_min_clipped; timestep_spacing
     linspace, leading, trailing; rescale_betas_zero_snr; custom ``timesteps``. As in diffusers,
     algorithm_type "deis" reads as "dpmsolver++" and solver_type logrho / bh1 / bh2 as
     "midpoint". Not supported (ValueError): algorithm_type dpmsolver / sde-dpmsolver,
-    thresholding, variance_type learned / learned_range,
-    use_exponential_sigmas, use_beta_sigmas, use_dynamic_shifting.
+    thresholding, variance_type learned / learned_range, use_dynamic_shifting.
     """
 
     order = 1
@@ -72,9 +72,11 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerBase):
         self._check_choice("prediction_type", ("epsilon", "sample", "v_prediction",
                                                "flow_prediction"))
         self._check_false("thresholding", "dynamic thresholding needs a per-sample quantile")
-        self._check_choice("variance_type", (None,), "learned variances are not implemented")
-        self._check_false("use_exponential_sigmas", "not implemented")
-        self._check_false("use_beta_sigmas", "not implemented")
+        # diffusers reads only the learned variances (the model output's extra channels)
+        self._check_choice("variance_type", (None, "fixed_small", "fixed_small_log", "fixed_large",
+                                             "fixed_large_log"),
+                           "learned variances are not implemented")
+        self._check_sigma_spacing()
         self._check_false("use_dynamic_shifting", "not implemented")
         self._check_choice("time_shift_type", ("exponential",))
         self._check_choice("final_sigmas_type", ("zero", "sigma_min"))
@@ -118,9 +120,10 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerBase):
             raise ValueError(f"{name}: pass num_inference_steps or timesteps")
         if num_inference_steps is not None and timesteps is not None:
             raise ValueError(f"{name}: pass num_inference_steps or timesteps, not both")
-        if timesteps is not None and (c.use_karras_sigmas or c.use_lu_lambdas):
-            raise ValueError(f"{name}: custom timesteps cannot be used with use_karras_sigmas "
-                             f"or use_lu_lambdas")
+        if timesteps is not None:
+            self._spacing_refuses_timesteps(name)
+            if c.use_lu_lambdas:
+                raise ValueError(f"{name}: custom timesteps cannot be used with use_lu_lambdas")
         T = int(c.num_train_timesteps)
         if timesteps is not None:
             ts = np.array(timesteps).astype(np.int64)
@@ -158,6 +161,10 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerBase):
             ts = np.array([sigma_to_t(s, log_sigmas) for s in sig])
             if c.beta_schedule != "squaredcos_cap_v2":
                 ts = ts.round()
+        elif c.use_exponential_sigmas or c.use_beta_sigmas:
+            sig = spaced_sigmas(c, np.flip(table).copy(), n)
+            # (no rounding here in diffusers: the int64 cast truncates)
+            ts = np.array([sigma_to_t(s, log_sigmas) for s in sig])
         elif c.use_flow_sigmas:
             alphas = np.linspace(1, 1 / T, n + 1)
             sig = 1.0 - alphas

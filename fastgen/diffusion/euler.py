@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ._base import (SchedulerBase, SchedulerOutput, StepIndexMixin, _bcast, fused_step,
-                    karras_sigmas, randn_tensor, register_config, sigma_to_t)
+                    randn_tensor, register_config, sigma_to_t, spaced_sigmas)
 
 __all__ = ["EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler"]
 
@@ -84,10 +84,10 @@ class EulerDiscreteScheduler(_SigmaScheduler):
 
     Supported: beta_schedule linear, scaled_linear, squaredcos_cap_v2 (or trained_betas);
     prediction_type epsilon, v_prediction, sample (= original_sample); interpolation_type
-    linear, log_linear; use_karras_sigmas (with sigma_min / sigma_max); timestep_spacing
-    linspace, leading, trailing; timestep_type discrete, continuous; final_sigmas_type zero,
-    sigma_min; rescale_betas_zero_snr. Not supported (ValueError): use_exponential_sigmas,
-    use_beta_sigmas.
+    linear, log_linear; use_karras_sigmas, use_exponential_sigmas or use_beta_sigmas (the
+    last needs scipy; each with sigma_min / sigma_max); timestep_spacing linspace, leading,
+    trailing; timestep_type discrete, continuous; final_sigmas_type zero, sigma_min;
+    rescale_betas_zero_snr.
     """
 
     order = 1
@@ -106,8 +106,7 @@ class EulerDiscreteScheduler(_SigmaScheduler):
         self._check_choice("prediction_type", ("epsilon", "v_prediction", "sample",
                                                "original_sample"))
         self._check_choice("interpolation_type", ("linear", "log_linear"))
-        self._check_false("use_exponential_sigmas", "not implemented")
-        self._check_false("use_beta_sigmas", "not implemented")
+        self._check_sigma_spacing()
         self._check_choice("timestep_type", ("discrete", "continuous"))
         self._check_choice("final_sigmas_type", ("zero", "sigma_min"))
         self._check_number("sigma_min", allow_none=True)
@@ -147,8 +146,8 @@ class EulerDiscreteScheduler(_SigmaScheduler):
             raise ValueError(f"{name}: pass num_inference_steps, timesteps or sigmas")
         if num_inference_steps is not None and (timesteps is not None or sigmas is not None):
             raise ValueError(f"{name}: pass only one of num_inference_steps, timesteps, sigmas")
-        if timesteps is not None and c.use_karras_sigmas:
-            raise ValueError(f"{name}: custom timesteps cannot be used with use_karras_sigmas")
+        if timesteps is not None:
+            self._spacing_refuses_timesteps(name)
         if timesteps is not None and self._continuous_v:
             raise ValueError(f"{name}: custom timesteps cannot be used with continuous "
                              f"v_prediction timesteps")
@@ -171,10 +170,9 @@ class EulerDiscreteScheduler(_SigmaScheduler):
                 sig = np.interp(ts, np.arange(0, len(table)), table)
             else:
                 sig = torch.linspace(np.log(table[-1]), np.log(table[0]), n + 1).exp().numpy()
-            if c.use_karras_sigmas:
-                lo = c.sigma_min if c.sigma_min is not None else sig[-1].item()
-                hi = c.sigma_max if c.sigma_max is not None else sig[0].item()
-                sig = karras_sigmas(lo, hi, n)
+            spaced = spaced_sigmas(c, sig, n)
+            if spaced is not None:
+                sig = spaced
                 ts = np.array([sigma_to_t(s, log_sigmas) for s in sig])
             if c.final_sigmas_type == "sigma_min":
                 last = float(((1 - self.alphas_cumprod[0]) / self.alphas_cumprod[0]) ** 0.5)

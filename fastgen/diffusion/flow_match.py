@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ._base import (SchedulerBase, SchedulerOutput, StepIndexMixin, _bcast, fused_step,
-                    karras_sigmas, randn_tensor, register_config)
+                    randn_tensor, register_config, spaced_sigmas)
 
 __all__ = ["FlowMatchEulerDiscreteScheduler"]
 
@@ -25,8 +25,8 @@ class FlowMatchEulerDiscreteScheduler(StepIndexMixin, SchedulerBase):
 
     Supported: shift (and ``set_shift``), use_dynamic_shifting with ``set_timesteps(mu=...)``
     and time_shift_type exponential / linear, shift_terminal, invert_sigmas, use_karras_sigmas,
-    stochastic_sampling, custom ``sigmas`` / ``timesteps``. Not supported (ValueError):
-    use_exponential_sigmas, use_beta_sigmas; ``per_token_timesteps`` in ``step`` raises
+    use_exponential_sigmas, use_beta_sigmas (needs scipy), stochastic_sampling, custom
+    ``sigmas`` / ``timesteps``. ``per_token_timesteps`` in ``step`` raises
     NotImplementedError. The churn arguments of ``step`` are accepted and ignored, as in
     diffusers.
     """
@@ -44,8 +44,7 @@ class FlowMatchEulerDiscreteScheduler(StepIndexMixin, SchedulerBase):
         self._check_int("num_train_timesteps", 1)
         self._check_number("shift")
         self._check_number("shift_terminal", allow_none=True)
-        self._check_false("use_exponential_sigmas", "not implemented")
-        self._check_false("use_beta_sigmas", "not implemented")
+        self._check_sigma_spacing()
         self._check_choice("time_shift_type", ("exponential", "linear"))
         ts = np.linspace(1, num_train_timesteps, num_train_timesteps, dtype=np.float32)[::-1]
         ts = torch.from_numpy(ts.copy()).to(dtype=torch.float32)
@@ -128,8 +127,9 @@ class FlowMatchEulerDiscreteScheduler(StepIndexMixin, SchedulerBase):
             sigmas = self.shift * sigmas / (1 + (self.shift - 1) * sigmas)
         if c.shift_terminal:
             sigmas = self.stretch_shift_to_terminal(sigmas)
-        if c.use_karras_sigmas:
-            sigmas = karras_sigmas(sigmas[-1].item(), sigmas[0].item(), n)
+        spaced = spaced_sigmas(c, sigmas, n)
+        if spaced is not None:
+            sigmas = spaced
         sig = torch.from_numpy(np.asarray(sigmas)).to(dtype=torch.float32)
         if given_ts:
             ts = torch.from_numpy(timesteps).to(dtype=torch.float32)

@@ -8,8 +8,8 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ._base import (SchedulerOutput, fused_step, karras_sigmas, lazy_x0, register_config,
-                    sigma_to_t)
+from ._base import (SchedulerOutput, fused_step, lazy_x0, register_config,
+                    sigma_to_t, spaced_sigmas)
 from .euler import _SigmaScheduler, spaced_float_timesteps, ve_prologue
 
 __all__ = ["HeunDiscreteScheduler"]
@@ -29,9 +29,9 @@ class HeunDiscreteScheduler(_SigmaScheduler):
     only (three reads, one write; x̂0₂ is computed when ``pred_original_sample`` is read).
 
     Supported: beta_schedule linear, scaled_linear, squaredcos_cap_v2, exp (or trained_betas);
-    prediction_type epsilon, v_prediction, sample; use_karras_sigmas; clip_sample;
-    timestep_spacing linspace, leading, trailing; custom ``timesteps``. Not supported
-    (ValueError): use_exponential_sigmas, use_beta_sigmas.
+    prediction_type epsilon, v_prediction, sample; use_karras_sigmas, use_exponential_sigmas,
+    use_beta_sigmas (needs scipy); clip_sample; timestep_spacing linspace, leading, trailing;
+    custom ``timesteps``.
     """
 
     order = 2
@@ -45,8 +45,7 @@ class HeunDiscreteScheduler(_SigmaScheduler):
                  clip_sample: bool = False, clip_sample_range: float = 1.0,
                  timestep_spacing: str = "linspace", steps_offset: int = 0):
         self._check_choice("prediction_type", ("epsilon", "v_prediction", "sample"))
-        self._check_false("use_exponential_sigmas", "not implemented")
-        self._check_false("use_beta_sigmas", "not implemented")
+        self._check_sigma_spacing()
         self._check_clip_range()
         self._check_spacing()
         self._build_alphas_cumprod(("linear", "scaled_linear", "squaredcos_cap_v2", "exp"))
@@ -70,8 +69,8 @@ class HeunDiscreteScheduler(_SigmaScheduler):
             raise ValueError(f"{name}: pass num_inference_steps or timesteps")
         if num_inference_steps is not None and timesteps is not None:
             raise ValueError(f"{name}: pass num_inference_steps or timesteps, not both")
-        if timesteps is not None and self.config.use_karras_sigmas:
-            raise ValueError(f"{name}: custom timesteps cannot be used with use_karras_sigmas")
+        if timesteps is not None:
+            self._spacing_refuses_timesteps(name)
         self._compute(num_inference_steps, device, num_train_timesteps, timesteps)
         self._ready = True
 
@@ -87,8 +86,9 @@ class HeunDiscreteScheduler(_SigmaScheduler):
         table = self._full_sigmas_f32()
         log_sigmas = np.log(table)
         sig = np.interp(ts, np.arange(0, len(table)), table)
-        if c.use_karras_sigmas:
-            sig = karras_sigmas(sig[-1].item(), sig[0].item(), n)
+        spaced = spaced_sigmas(c, sig, n)
+        if spaced is not None:
+            sig = spaced
             ts = np.array([sigma_to_t(s, log_sigmas) for s in sig])
         sig = torch.from_numpy(np.concatenate([sig, [0.0]]).astype(np.float32))
         self._set_sigmas(torch.cat([sig[:1], sig[1:-1].repeat_interleave(2), sig[-1:]]))

@@ -59,6 +59,13 @@ def _betas(r, extra=()):
     return r.choice([{}, SD, dict(beta_schedule="squaredcos_cap_v2")] + list(extra))
 
 
+def _spacing(r, p=0.6):
+    """No sigma spacing, or one of karras / exponential / beta (probability p)."""
+    if r.random() >= p:
+        return {}
+    return {r.choice(["use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"]): True}
+
+
 def _config(name: str, r: random.Random):
     """A random supported config, the set_timesteps kwargs and the step kwargs."""
     n = r.randint(4, 25)
@@ -69,7 +76,7 @@ def _config(name: str, r: random.Random):
         cfg = dict(_betas(r, [dict(beta_schedule="sigmoid")]), prediction_type=pred,
                    timestep_spacing=spacing, steps_offset=r.choice([0, 1]),
                    clip_sample=r.random() < 0.5,
-                   variance_type=r.choice(["fixed_small", "fixed_small_log", "fixed_large"]),
+                   variance_type=r.choice(["fixed_small", "fixed_small_log", "fixed_large", None]),
                    rescale_betas_zero_snr=pred == "v_prediction" and r.random() < 0.5)
     elif name == "DDIMScheduler":
         pred = r.choice(["epsilon", "v_prediction", "sample"])
@@ -82,14 +89,15 @@ def _config(name: str, r: random.Random):
         step = dict(eta=r.choice(etas), use_clipped_model_output=r.random() < 0.3)
     elif name == "EulerDiscreteScheduler":
         pred = r.choice(["epsilon", "v_prediction", "sample"])
+        sp = _spacing(r)
         cfg = dict(_betas(r), prediction_type=pred, timestep_spacing=spacing,
-                   steps_offset=r.choice([0, 1]), use_karras_sigmas=r.random() < 0.5,
+                   steps_offset=r.choice([0, 1]), **sp,
                    final_sigmas_type=r.choice(["zero", "sigma_min"]),
                    interpolation_type=r.choice(["linear", "linear", "log_linear"]),
                    timestep_type=("continuous" if pred == "v_prediction" and r.random() < 0.3
                                   else "discrete"),
                    rescale_betas_zero_snr=r.random() < 0.2)
-        if cfg["use_karras_sigmas"] and r.random() < 0.5:
+        if sp and r.random() < 0.5:  # the spacing between explicit end points
             cfg.update(sigma_min=0.05, sigma_max=10.0)
         if r.random() < 0.5:
             step = dict(s_churn=r.choice([0.5, 4.0]), s_tmin=r.choice([0.0, 0.5]),
@@ -102,15 +110,16 @@ def _config(name: str, r: random.Random):
         cfg = dict(_betas(r, [dict(beta_schedule="exp")]),
                    prediction_type=r.choice(["epsilon", "v_prediction", "sample"]),
                    timestep_spacing=spacing, steps_offset=r.choice([0, 1]),
-                   use_karras_sigmas=r.random() < 0.5, clip_sample=r.random() < 0.3)
+                   **_spacing(r), clip_sample=r.random() < 0.3)
     elif name == "DPMSolverMultistepScheduler":
-        sigmas = r.choice(["plain", "plain", "karras", "lu"])
+        sigmas = r.choice(["plain", "plain", "karras", "lu", "exponential", "beta"])
         cfg = dict(_betas(r), prediction_type=r.choice(["epsilon", "v_prediction", "sample"]),
                    algorithm_type=r.choice(["dpmsolver++", "sde-dpmsolver++"]),
                    solver_order=r.choice([1, 2, 2, 3]), solver_type=r.choice(["midpoint", "heun"]),
                    lower_order_final=r.random() < 0.7, euler_at_final=r.random() < 0.2,
                    final_sigmas_type=r.choice(["zero", "sigma_min"]),
                    use_karras_sigmas=sigmas == "karras", use_lu_lambdas=sigmas == "lu",
+                   use_exponential_sigmas=sigmas == "exponential", use_beta_sigmas=sigmas == "beta",
                    timestep_spacing=spacing, steps_offset=r.choice([0, 1]),
                    rescale_betas_zero_snr=r.random() < 0.2)
         if sigmas != "plain" and cfg["final_sigmas_type"] == "sigma_min" and (
@@ -122,7 +131,7 @@ def _config(name: str, r: random.Random):
             cfg["euler_at_final"] = True
     else:
         cfg = dict(shift=r.choice([1.0, 3.0]), stochastic_sampling=r.random() < 0.4,
-                   use_karras_sigmas=r.random() < 0.3,
+                   **_spacing(r, 0.45),
                    shift_terminal=r.choice([None, None, 0.05]),
                    invert_sigmas=r.random() < 0.15)
         if r.random() < 0.3:
@@ -254,16 +263,19 @@ def _diffusers_step64(ds_before, m, t, x, kw, gen_state):
 
 def _arbitrated(errs_vs_diffusers, of, od, o64, scales) -> bool:
     """Where fastgen and diffusers' float32 step disagree by more than TOL: True when fastgen
-    is within TOL of diffusers' own step computed in float64 and diffusers' float32 step is
-    the farther from it (diffusers' float32 rounding, e.g. its scalar 1 − ᾱ_prev − σ² cancelling
-    at t ≈ T, or a NaN from the square root of a rounded-negative value); else False."""
+    is as close to diffusers' own step computed in float64 as TOL, or as diffusers' float32 step
+    is (within a factor 2: the two round differently). The first covers diffusers' float32
+    slips (its scalar 1 − ᾱ_prev − σ² cancelling at t ≈ T, or a NaN from the square root of a
+    rounded-negative value), the second steps that float32 cannot resolve to TOL at all
+    (both ~1.2e-5 off, e.g. Heun v_prediction with beta sigmas on squaredcos_cap_v2, whose last
+    steps grow the sample 200×). A formula error shows as a distance far beyond both."""
     for err, name, scale in zip(errs_vs_diffusers, ("prev_sample", "pred_original_sample"),
                                 scales):
         if err <= TOL:
             continue
         ours, theirs = _rel(getattr(of, name), getattr(o64, name), scale), \
             _rel(getattr(od, name), getattr(o64, name), scale)
-        if not (ours <= TOL and ours < theirs):
+        if not ours <= max(TOL, 2.0 * theirs):
             return False
     return True
 
@@ -689,18 +701,19 @@ def test_step_errors(name):
     ("DDPMScheduler", dict(beta_schedule="cubic")),
     ("DDIMScheduler", dict(thresholding=True)),
     ("DDIMScheduler", dict(timestep_spacing="karras")),
-    ("EulerDiscreteScheduler", dict(use_exponential_sigmas=True)),
-    ("EulerDiscreteScheduler", dict(use_beta_sigmas=True)),
+    ("EulerDiscreteScheduler", dict(use_exponential_sigmas=True, use_karras_sigmas=True)),
+    ("EulerDiscreteScheduler", dict(use_beta_sigmas=True, use_exponential_sigmas=True)),
     ("EulerDiscreteScheduler", dict(final_sigmas_type="one")),
     ("EulerAncestralDiscreteScheduler", dict(prediction_type="sample")),
-    ("HeunDiscreteScheduler", dict(use_exponential_sigmas=True)),
+    ("HeunDiscreteScheduler", dict(use_exponential_sigmas=True, use_beta_sigmas=True)),
     ("DPMSolverMultistepScheduler", dict(algorithm_type="dpmsolver")),
     ("DPMSolverMultistepScheduler", dict(algorithm_type="sde-dpmsolver")),
     ("DPMSolverMultistepScheduler", dict(solver_order=4)),
     ("DPMSolverMultistepScheduler", dict(thresholding=True)),
     ("DPMSolverMultistepScheduler", dict(variance_type="learned_range")),
-    ("DPMSolverMultistepScheduler", dict(use_beta_sigmas=True)),
-    ("FlowMatchEulerDiscreteScheduler", dict(use_exponential_sigmas=True)),
+    ("DPMSolverMultistepScheduler", dict(use_beta_sigmas=True, use_karras_sigmas=True)),
+    ("FlowMatchEulerDiscreteScheduler", dict(use_exponential_sigmas=True,
+                                             use_karras_sigmas=True)),
 ])
 def test_unsupported_config_values(name, bad):
     key = next(iter(bad))
@@ -708,6 +721,29 @@ def test_unsupported_config_values(name, bad):
         getattr(fd, name)(**bad)
     with pytest.raises(ValueError, match=key):
         getattr(fd, name).from_config(bad)
+
+
+SPACED = ["EulerDiscreteScheduler", "HeunDiscreteScheduler", "DPMSolverMultistepScheduler",
+          "FlowMatchEulerDiscreteScheduler"]
+
+
+@pytest.mark.parametrize("name", SPACED)
+def test_sigma_spacings_refuse_custom_timesteps_and_need_scipy_for_beta(name, monkeypatch):
+    """As diffusers: custom timesteps do not combine with a sigma spacing (FlowMatch spaces
+    custom sigmas too, so only the others refuse), and the beta spacing needs scipy."""
+    import importlib.util
+
+    for key in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"):
+        s = getattr(fd, name)(**{key: True})
+        if name != "FlowMatchEulerDiscreteScheduler":
+            with pytest.raises(ValueError, match=f"custom timesteps cannot be used with {key}"):
+                s.set_timesteps(timesteps=[900, 500, 100])
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda m, *a: None if m == "scipy" else find_spec(m, *a))
+    with pytest.raises(ImportError, match="use_beta_sigmas needs scipy"):
+        getattr(fd, name)(use_beta_sigmas=True)
+    getattr(fd, name)(use_exponential_sigmas=True)  # the others do not
 
 
 @pytest.mark.parametrize("name", NAMES)
