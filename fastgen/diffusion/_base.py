@@ -482,6 +482,41 @@ class SchedulerBase:
             return None
         return float(c.clip_sample_range)
 
+    def _check_thresholding(self) -> None:
+        """With thresholding on: dynamic_thresholding_ratio in [0, 1] (torch.quantile's domain)
+        and sample_max_value > 0 (diffusers checks neither)."""
+        c = self.config
+        if not c.thresholding:
+            return
+        r, m = c.dynamic_thresholding_ratio, c.sample_max_value
+        if isinstance(r, bool) or not isinstance(r, numbers.Real) or not 0.0 <= r <= 1.0:
+            raise ValueError(f"{type(self).__name__}: dynamic_thresholding_ratio must be a "
+                             f"number in [0, 1], got {r!r}")
+        if isinstance(m, bool) or not isinstance(m, numbers.Real) or not m > 0.0:
+            raise ValueError(f"{type(self).__name__}: sample_max_value must be a number > 0, "
+                             f"got {m!r}")
+
+    def _thresholded_x0(self, sample: torch.Tensor, model_output: torch.Tensor, px: float,
+                        pm: float) -> torch.Tensor:
+        """x̂0 = px·sample + pm·model_output after dynamic thresholding (Saharia et al., 2022,
+        as diffusers' thresholding=True): per batch item, s is the dynamic_thresholding_ratio
+        quantile of |x̂0| clamped to [1, sample_max_value], and x̂0 is clamped to [−s, s] and
+        divided by s. The quantile needs the whole x̂0 first, so this path writes x̂0, thresholds
+        it with torch ops (on the device, no host synchronisation) and then steps: several
+        passes instead of one."""
+        if sample.ndim < 2:
+            raise ValueError(f"{type(self).__name__}.step: thresholding needs a batched sample "
+                             f"(batch, channels, ...), got shape {tuple(sample.shape)}")
+        c = self.config
+        x0 = sampler_step(sample, model_output, c_x0=1.0, x0_sample=px, x0_model=pm)
+        dtype, shape = x0.dtype, x0.shape
+        flat = x0.reshape(shape[0], -1)
+        if dtype not in (torch.float32, torch.float64):
+            flat = flat.float()  # as diffusers: the quantile in float32
+        s = torch.quantile(flat.abs(), float(c.dynamic_thresholding_ratio), dim=1)
+        s = s.clamp(min=1.0, max=float(c.sample_max_value)).unsqueeze(1)
+        return (torch.clamp(flat, -s, s) / s).reshape(shape).to(dtype)
+
     def _check_clip_range(self) -> None:
         self._check_number("clip_sample_range")
         if self.config["clip_sample_range"] < 0:

@@ -24,8 +24,9 @@ class DDIMScheduler(SchedulerBase):
 
     Supported: beta_schedule linear, scaled_linear, squaredcos_cap_v2 (or trained_betas);
     prediction_type epsilon, sample, v_prediction; timestep_spacing linspace, leading, trailing;
-    steps_offset; clip_sample; set_alpha_to_one; rescale_betas_zero_snr. Not supported
-    (ValueError): thresholding=True.
+    steps_offset; clip_sample; set_alpha_to_one; rescale_betas_zero_snr; thresholding with
+    dynamic_thresholding_ratio and sample_max_value (x̂0 is then written, thresholded with
+    torch ops, and enters the step as a history tensor).
 
     With ``eta > 0`` the noise is ``variance_noise`` when given, else drawn like diffusers
     (``model_output``'s shape, dtype and device, from ``generator``).
@@ -43,7 +44,7 @@ class DDIMScheduler(SchedulerBase):
                  sample_max_value: float = 1.0, timestep_spacing: str = "leading",
                  rescale_betas_zero_snr: bool = False):
         self._check_choice("prediction_type", PREDICTION_TYPES)
-        self._check_false("thresholding", "dynamic thresholding needs a per-sample quantile")
+        self._check_thresholding()
         self._check_spacing()
         self._check_clip_range()
         self._build_alphas_cumprod(("linear", "scaled_linear", "squaredcos_cap_v2"))
@@ -129,12 +130,21 @@ class DDIMScheduler(SchedulerBase):
                                      device=model_output.device, dtype=model_output.dtype)
             else:
                 noise = self._explicit_noise(variance_noise, sample, "variance_noise")
-        out, _ = fused_step(sample, model_output, c_sample=direction * e_x,
-                            c_x0=math.sqrt(a_prev) + direction * e_0, c_model=direction * e_m,
-                            noise=noise, c_noise=std if noise is not None else 0.0,
-                            x0_sample=px, x0_model=pm,
-                            clip_x0=self._clip_range(),
-                            want_x0="lazy" if return_dict else "eager")
+        c_noise = std if noise is not None else 0.0
+        if c.thresholding:
+            # the thresholded x̂0 enters as a history tensor; ε̂ still reads the model output
+            x0 = self._thresholded_x0(sample, model_output, px, pm)
+            out, _ = fused_step(sample, model_output, c_sample=direction * e_x,
+                                c_model=direction * e_m, history=[x0],
+                                c_history=[math.sqrt(a_prev) + direction * e_0], noise=noise,
+                                c_noise=c_noise, want_x0="no")
+            out = SchedulerOutput(out.prev_sample, x0)
+        else:
+            out, _ = fused_step(sample, model_output, c_sample=direction * e_x,
+                                c_x0=math.sqrt(a_prev) + direction * e_0,
+                                c_model=direction * e_m, noise=noise, c_noise=c_noise,
+                                x0_sample=px, x0_model=pm, clip_x0=self._clip_range(),
+                                want_x0="lazy" if return_dict else "eager")
         return out if return_dict else out.to_tuple()
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor,

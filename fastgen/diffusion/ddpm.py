@@ -52,8 +52,9 @@ class DDPMScheduler(SchedulerBase):
     trained_betas); prediction_type epsilon, sample, v_prediction; variance_type fixed_small,
     fixed_small_log, fixed_large (None reads as fixed_small, as in diffusers); timestep_spacing
     linspace, leading, trailing; steps_offset; clip_sample; rescale_betas_zero_snr; custom
-    ``timesteps``. Not supported (ValueError):
-    thresholding=True, variance_type fixed_large_log / learned / learned_range.
+    ``timesteps``; thresholding with dynamic_thresholding_ratio and sample_max_value (x̂0 is
+    then written and thresholded with torch ops before the step). Not supported (ValueError):
+    variance_type fixed_large_log / learned / learned_range.
 
     The noise of a step is drawn like diffusers (``model_output``'s shape, dtype and device, from
     ``generator``), so a seeded generator gives diffusers' samples.
@@ -73,7 +74,7 @@ class DDPMScheduler(SchedulerBase):
         self._check_choice("prediction_type", PREDICTION_TYPES)
         self._check_choice("variance_type", ("fixed_small", "fixed_small_log", "fixed_large", None),
                            "learned variances and fixed_large_log are not implemented")
-        self._check_false("thresholding", "dynamic thresholding needs a per-sample quantile")
+        self._check_thresholding()
         self._check_spacing()
         self._check_clip_range()
         self._build_alphas_cumprod(("linear", "scaled_linear", "squaredcos_cap_v2", "laplace",
@@ -161,10 +162,16 @@ class DDPMScheduler(SchedulerBase):
                                  device=model_output.device, dtype=model_output.dtype)
             var = max(b_prev / b_t * beta, 1e-20)
             c_z = math.sqrt(beta) if self.variance_type == "fixed_large" else math.sqrt(var)
-        out, _ = fused_step(sample, model_output, c_sample=c_x, c_x0=c_x0, noise=noise,
-                            c_noise=c_z, x0_sample=px, x0_model=pm,
-                            clip_x0=self._clip_range(),
-                            want_x0="lazy" if return_dict else "eager")
+        if c.thresholding:  # (clip_sample is then ignored, as in diffusers)
+            x0 = self._thresholded_x0(sample, model_output, px, pm)
+            out, _ = fused_step(sample, x0, c_sample=c_x, c_x0=c_x0, noise=noise, c_noise=c_z,
+                                want_x0="no")
+            out = SchedulerOutput(out.prev_sample, x0)
+        else:
+            out, _ = fused_step(sample, model_output, c_sample=c_x, c_x0=c_x0, noise=noise,
+                                c_noise=c_z, x0_sample=px, x0_model=pm,
+                                clip_x0=self._clip_range(),
+                                want_x0="lazy" if return_dict else "eager")
         return out if return_dict else out.to_tuple()
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor,

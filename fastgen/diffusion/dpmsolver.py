@@ -35,8 +35,9 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerBase):
     flow_shift; final_sigmas_type zero, sigma_min; lambda_min_clipped; timestep_spacing
     linspace, leading, trailing; rescale_betas_zero_snr; custom ``timesteps``. As in diffusers,
     algorithm_type "deis" reads as "dpmsolver++" and solver_type logrho / bh1 / bh2 as
-    "midpoint". Not supported (ValueError): algorithm_type dpmsolver / sde-dpmsolver,
-    thresholding, variance_type learned / learned_range, use_dynamic_shifting.
+    "midpoint"; thresholding (x̂0 thresholded with torch ops before the step). Not supported
+    (ValueError): algorithm_type dpmsolver / sde-dpmsolver, variance_type learned /
+    learned_range, use_dynamic_shifting.
     """
 
     order = 1
@@ -71,7 +72,7 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerBase):
         self._check_choice("solver_type", ("midpoint", "heun"))
         self._check_choice("prediction_type", ("epsilon", "sample", "v_prediction",
                                                "flow_prediction"))
-        self._check_false("thresholding", "dynamic thresholding needs a per-sample quantile")
+        self._check_thresholding()
         # diffusers reads only the learned variances (the model output's extra channels)
         self._check_choice("variance_type", (None, "fixed_small", "fixed_small_log", "fixed_large",
                                              "fixed_large_log"),
@@ -264,32 +265,30 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerBase):
                 lam_s2 = self._lambda(*self._alpha_sigma(self._sig[i - 2]))
                 if lam_s1 == lam_s2:
                     order = 2
-        # x_t = c_x·x + K0·D0 + K1·D1 + K2·D2 (+ c_z·z), with D1, D2 finite differences of D0
-        # and the previous x̂0s; each K is the coefficient in diffusers' update
+        # x_t = c_x·x + k0·D0 + k1·D1 + k2·D2 (+ c_z·z), with D1, D2 finite differences of D0
+        # and the previous x̂0s; each k is the coefficient in diffusers' update
         if not sde:
             c_x = ratio
-            c_0 = -a_t * em1
+            k0 = -a_t * em1
             c_z = 0.0
         else:
             c_x = ratio * e1
-            c_0 = -a_t * em2
+            k0 = -a_t * em2
             c_z = sig_t * math.sqrt(max(-em2, 0.0))
-        history, c_hist = [], []
+        # k1·D1 + k2·D2 = A·(D0 − m1) + B·(m1 − m2), m1 and m2 the previous two x̂0s
+        A = B = 0.0
         if order == 2:
-            r0 = (lam_s0 - lam_s1) / h
-            # D1 = (D0 − D_prev)/r0 and its coefficient k1: c_0 += k1/r0, c_prev = −k1/r0
+            r0 = (lam_s0 - lam_s1) / h  # D1 = (D0 − m1)/r0
             if not sde:
                 k1 = (-0.5 * a_t * em1 if c.solver_type == "midpoint"
                       else a_t * (em1 / h + 1.0))
             else:
                 k1 = (-0.5 * a_t * em2 if c.solver_type == "midpoint"
                       else a_t * (em2 / (2.0 * h) + 1.0))
-            c_0 += k1 / r0
-            history, c_hist = [self.model_outputs[-1]], [-k1 / r0]
+            A = k1 / r0
         elif order == 3:
             # D1_0 = (D0 − m1)/r0, D1_1 = (m1 − m2)/r1, D1 = D1_0 + q·(D1_0 − D1_1),
-            # D2 = w·(D1_0 − D1_1) with q = r0/(r0 + r1), w = 1/(r0 + r1): linear in D0, m1, m2
-            # (the previous two x̂0s), so the update is one fused call with two history tensors
+            # D2 = w·(D1_0 − D1_1) with q = r0/(r0 + r1), w = 1/(r0 + r1)
             r0, r1 = (lam_s0 - lam_s1) / h, (lam_s1 - lam_s2) / h
             a0, a1, q, w = 1.0 / r0, 1.0 / r1, r0 / (r0 + r1), 1.0 / (r0 + r1)
             if not sde:
@@ -297,13 +296,20 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerBase):
             else:
                 k1 = a_t * (em2 / (2.0 * h) + 1.0)
                 k2 = a_t * ((-em2 - 2.0 * h) / (4.0 * h * h) - 0.5)
-            c_0 += k1 * (1.0 + q) * a0 + k2 * w * a0
-            history = [self.model_outputs[-1], self.model_outputs[-2]]
-            c_hist = [-k1 * ((1.0 + q) * a0 + q * a1) - k2 * w * (a0 + a1),
-                      k1 * q * a1 + k2 * w * a1]
-        out, x0 = fused_step(sample, model_output, c_sample=c_x, c_x0=c_0, history=history,
-                             c_history=c_hist, noise=noise, c_noise=c_z, x0_sample=px,
-                             x0_model=pm, want_x0="eager", has_x0=False)
+            A = k1 * (1.0 + q) * a0 + k2 * w * a0
+            B = -k1 * q * a1 - k2 * w * a1
+        # one fused call: D0 (from the model output), m1 and m2 with the differences folded into
+        # their coefficients k0 + A, B − A and −B
+        prev = self.model_outputs[::-1][:order - 1]  # [], [m1] or [m1, m2]
+        c_0, c_hist = k0 + A, [B - A, -B][:order - 1]
+        if c.thresholding:  # D0 is the thresholded x̂0, written before the step
+            x0 = self._thresholded_x0(sample, model_output, px, pm)
+            out, _ = fused_step(sample, x0, c_sample=c_x, c_x0=c_0, history=prev,
+                                c_history=c_hist, noise=noise, c_noise=c_z, want_x0="no")
+        else:
+            out, x0 = fused_step(sample, model_output, c_sample=c_x, c_x0=c_0, history=prev,
+                                 c_history=c_hist, noise=noise, c_noise=c_z, x0_sample=px,
+                                 x0_model=pm, want_x0="eager", has_x0=False)
         self.model_outputs = self.model_outputs[1:] + [x0]
         if self.lower_order_nums < c.solver_order:
             self.lower_order_nums += 1

@@ -66,6 +66,14 @@ def _spacing(r, p=0.6):
     return {r.choice(["use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"]): True}
 
 
+def _threshold(r, p=0.25):
+    """Dynamic thresholding on (probability p) with a random ratio and maximum, else {}."""
+    if r.random() >= p:
+        return {}
+    return dict(thresholding=True, dynamic_thresholding_ratio=r.choice([0.995, 0.9, 0.6]),
+                sample_max_value=r.choice([1.0, 1.5, 4.0]))
+
+
 def _config(name: str, r: random.Random):
     """A random supported config, the set_timesteps kwargs and the step kwargs."""
     n = r.randint(4, 25)
@@ -78,12 +86,14 @@ def _config(name: str, r: random.Random):
                    clip_sample=r.random() < 0.5,
                    variance_type=r.choice(["fixed_small", "fixed_small_log", "fixed_large", None]),
                    rescale_betas_zero_snr=pred == "v_prediction" and r.random() < 0.5)
+        cfg.update(_threshold(r))
     elif name == "DDIMScheduler":
         pred = r.choice(["epsilon", "v_prediction", "sample"])
         cfg = dict(_betas(r), prediction_type=pred, timestep_spacing=spacing,
                    steps_offset=r.choice([0, 1]), clip_sample=r.random() < 0.5,
                    set_alpha_to_one=r.random() < 0.5,
                    rescale_betas_zero_snr=pred == "v_prediction" and r.random() < 0.5)
+        cfg.update(_threshold(r))
         # (eta = 1 at a zero-SNR first step makes diffusers' sqrt(1 - a_prev - std²) NaN)
         etas = [0.0, 0.5] if cfg["rescale_betas_zero_snr"] else [0.0, 0.5, 1.0]
         step = dict(eta=r.choice(etas), use_clipped_model_output=r.random() < 0.3)
@@ -122,6 +132,7 @@ def _config(name: str, r: random.Random):
                    use_exponential_sigmas=sigmas == "exponential", use_beta_sigmas=sigmas == "beta",
                    timestep_spacing=spacing, steps_offset=r.choice([0, 1]),
                    rescale_betas_zero_snr=r.random() < 0.2)
+        cfg.update(_threshold(r))
         if sigmas != "plain" and cfg["final_sigmas_type"] == "sigma_min" and (
                 cfg["solver_type"] == "heun" or cfg["solver_order"] == 3):
             # the last step is zero-length there (σ_last = σ_min = the last timestep's σ) and
@@ -233,13 +244,40 @@ def _as_float64(obj):
     return obj
 
 
-def _diffusers_step64(ds_before, m, t, x, kw, gen_state):
+def _own_state(fs):
+    """fastgen's solver history before its step, under diffusers' attribute names: DPM-Solver's
+    previous x̂0s, Heun's first-stage derivative and sample; None without one."""
+    if hasattr(fs, "model_outputs"):
+        return {"model_outputs": list(fs.model_outputs)}
+    if getattr(fs, "_first_x0", None) is not None:
+        d = (fs.sample.double() - fs._first_x0.double()) / fs._first_sigma
+        return {"prev_derivative": d, "sample": fs.sample}
+    return None
+
+
+def _same_history(ours, theirs) -> bool:
+    if isinstance(ours, list):
+        return len(ours) == len(theirs) and all(_same_history(a, b) for a, b in zip(ours, theirs))
+    if ours is None or theirs is None:
+        return ours is None and theirs is None
+    return _rel(ours, theirs) <= 1e-3
+
+
+def _diffusers_step64(ds_before, m, t, x, kw, gen_state, own_state=None):
     """diffusers' step in float64, from a copy of the scheduler taken before its float32 step:
     the arbiter where fastgen and diffusers' float32 step disagree. The noise is the float32
-    draw of the float32 step (explicit, or drawn from a generator in the same state)."""
+    draw of the float32 step (explicit, or drawn from a generator in the same state).
+    ``own_state`` (:func:`_own_state`): fastgen's solver history, which replaces diffusers'
+    (each library's float32 history carries its own rounding, which a third-order step after
+    a long one amplifies 50×); None, the answer, when the two histories differ by more than
+    1e-3 (not rounding)."""
     import sys
 
     s = ds_before
+    for k, ours in (own_state or {}).items():
+        if not _same_history(ours, getattr(s, k)):
+            return None
+        setattr(s, k, ours)
     for k, v in list(vars(s).items()):
         setattr(s, k, _as_float64(v))
     kw = {k: _as_float64(v) for k, v in kw.items()}
@@ -262,13 +300,16 @@ def _diffusers_step64(ds_before, m, t, x, kw, gen_state):
 
 
 def _arbitrated(errs_vs_diffusers, of, od, o64, scales) -> bool:
-    """Where fastgen and diffusers' float32 step disagree by more than TOL: True when fastgen
+    """Where fastgen and diffusers' float32 step disagree by more than TOL: False without an
+    arbiter (o64 None), else True when fastgen
     is as close to diffusers' own step computed in float64 as TOL, or as diffusers' float32 step
     is (within a factor 2: the two round differently). The first covers diffusers' float32
     slips (its scalar 1 − ᾱ_prev − σ² cancelling at t ≈ T, or a NaN from the square root of a
     rounded-negative value), the second steps that float32 cannot resolve to TOL at all
     (both ~1.2e-5 off, e.g. Heun v_prediction with beta sigmas on squaredcos_cap_v2, whose last
     steps grow the sample 200×). A formula error shows as a distance far beyond both."""
+    if o64 is None:
+        return False
     for err, name, scale in zip(errs_vs_diffusers, ("prev_sample", "pred_original_sample"),
                                 scales):
         if err <= TOL:
@@ -329,6 +370,7 @@ def _loop(name, cfg, n, ts_kw, step_kw, seed, dtype=torch.float32, diffusers=Non
         if ds is not None:
             ind = ds.scale_model_input(xd, t) if hasattr(ds, "scale_model_input") else xd
             assert torch.equal(fs.scale_model_input(xd, t), ind), f"scale_model_input, step {i}"
+        own = _own_state(fs)
         of = fs.step(_model(inf, r), t, xf, **kw,
                      **({"generator": gen_f} if takes_gen and not explicit else {}))
         if ds is not None:
@@ -344,7 +386,7 @@ def _loop(name, cfg, n, ts_kw, step_kw, seed, dtype=torch.float32, diffusers=Non
             errs = (_rel(of.prev_sample, od.prev_sample, scales[0]),
                     _rel(of.pred_original_sample, x0d, scales[1]) if x0d is not None else 0.0)
             if max(errs) > TOL and before is not None:
-                o64 = _diffusers_step64(before, _model(ind, r), t, xd, kw, gen_state)
+                o64 = _diffusers_step64(before, _model(ind, r), t, xd, kw, gen_state, own)
                 if _arbitrated(errs, of, od, o64, scales):
                     errs = (0.0, 0.0)
                     if not torch.isfinite(od.prev_sample).all():
@@ -695,11 +737,12 @@ def test_step_errors(name):
 
 
 @pytest.mark.parametrize("name,bad", [
-    ("DDPMScheduler", dict(thresholding=True)),
+    ("DDPMScheduler", dict(dynamic_thresholding_ratio=1.5, thresholding=True)),
+    ("DDPMScheduler", dict(sample_max_value=0.0, thresholding=True)),
     ("DDPMScheduler", dict(variance_type="learned_range")),
     ("DDPMScheduler", dict(prediction_type="flow")),
     ("DDPMScheduler", dict(beta_schedule="cubic")),
-    ("DDIMScheduler", dict(thresholding=True)),
+    ("DDIMScheduler", dict(dynamic_thresholding_ratio=-0.1, thresholding=True)),
     ("DDIMScheduler", dict(timestep_spacing="karras")),
     ("EulerDiscreteScheduler", dict(use_exponential_sigmas=True, use_karras_sigmas=True)),
     ("EulerDiscreteScheduler", dict(use_beta_sigmas=True, use_exponential_sigmas=True)),
@@ -709,7 +752,7 @@ def test_step_errors(name):
     ("DPMSolverMultistepScheduler", dict(algorithm_type="dpmsolver")),
     ("DPMSolverMultistepScheduler", dict(algorithm_type="sde-dpmsolver")),
     ("DPMSolverMultistepScheduler", dict(solver_order=4)),
-    ("DPMSolverMultistepScheduler", dict(thresholding=True)),
+    ("DPMSolverMultistepScheduler", dict(sample_max_value=float("nan"), thresholding=True)),
     ("DPMSolverMultistepScheduler", dict(variance_type="learned_range")),
     ("DPMSolverMultistepScheduler", dict(use_beta_sigmas=True, use_karras_sigmas=True)),
     ("FlowMatchEulerDiscreteScheduler", dict(use_exponential_sigmas=True,
@@ -721,6 +764,37 @@ def test_unsupported_config_values(name, bad):
         getattr(fd, name)(**bad)
     with pytest.raises(ValueError, match=key):
         getattr(fd, name).from_config(bad)
+
+
+@pytest.mark.parametrize("name", ["DDPMScheduler", "DDIMScheduler",
+                                  "DPMSolverMultistepScheduler"])
+def test_thresholding(name, seed):
+    """Dynamic thresholding: x̂0 within ±1 after division by s >= 1 (sample_max_value=1 makes
+    it a plain clamp); bfloat16 steps close to float32 ones (the quantile runs in float32, as
+    diffusers); an unbatched sample is refused."""
+    cfg = dict(thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=1.0)
+    g = torch.Generator().manual_seed(seed)
+    x = 3.0 * torch.randn(SHAPE, generator=g)
+    m = torch.randn(SHAPE, generator=g)
+    outs = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        s = getattr(fd, name)(**cfg)
+        s.set_timesteps(5)
+        t = s.timesteps[1]
+        if name == "DPMSolverMultistepScheduler":
+            s.set_begin_index(1)
+        kw = {"generator": torch.Generator().manual_seed(1)} if name == "DDPMScheduler" else {}
+        outs[dtype] = s.step(m.to(dtype), t, x.to(dtype), **kw)
+        assert outs[dtype].prev_sample.dtype == dtype
+    if name != "DPMSolverMultistepScheduler":
+        x0 = outs[torch.float32].pred_original_sample
+        assert x0.abs().max() <= 1.0 and (x0.abs() == 1.0).any()
+    a, b = outs[torch.float32].prev_sample, outs[torch.bfloat16].prev_sample
+    assert _rel(b, a, _amax(a)) <= 2e-2
+    s = getattr(fd, name)(**cfg)
+    s.set_timesteps(5)
+    with pytest.raises(ValueError, match="thresholding needs a batched sample"):
+        s.step(torch.randn(8), s.timesteps[0], torch.randn(8))
 
 
 SPACED = ["EulerDiscreteScheduler", "HeunDiscreteScheduler", "DPMSolverMultistepScheduler",
