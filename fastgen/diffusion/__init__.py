@@ -24,9 +24,9 @@ Differences from diffusers:
   (diffusers' DPM-Solver silently takes the last step, its DDIM any table index), and
   model_output / sample shape or dtype mismatches raise; Python numbers name timesteps by value
   (diffusers' Euler and flow schedulers refuse ints);
-* config values a class does not implement (the deprecated DPM-Solver variants, learned
-  variances, unknown keys) raise ValueError instead of running differently; so does a
-  step past the end of the schedule (diffusers: IndexError);
+* config values a class does not implement (the deprecated DPM-Solver variants, DDPM's
+  fixed_large_log, whose diffusers step is NaN, unknown keys) raise ValueError instead of
+  running differently; so does a step past the end of the schedule (diffusers: IndexError);
 * DPM-Solver's zero-length last step (karras or lu sigmas with final_sigmas_type="sigma_min")
   returns the sample, the update's limit, where diffusers' heun and third-order updates give
   NaN.

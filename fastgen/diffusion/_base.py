@@ -638,6 +638,21 @@ class SchedulerBase:
         if not self._ready:
             raise ValueError(f"{type(self).__name__}.{what}: call set_timesteps(...) first")
 
+    def _split_learned_variance(self, model_output, sample):
+        """variance_type learned / learned_range: a model output with twice the sample's
+        channels (dim 1) splits into the prediction and the predicted variance, as diffusers
+        does; (model_output, None) otherwise."""
+        if (isinstance(model_output, torch.Tensor) and isinstance(sample, torch.Tensor)
+                and model_output.ndim >= 2 and model_output.ndim == sample.ndim
+                and model_output.shape[1] == 2 * sample.shape[1]):
+            pred, var = torch.split(model_output, sample.shape[1], dim=1)
+            return pred, var
+        raise ValueError(f"{type(self).__name__}.step: variance_type="
+                         f"{self.config.variance_type!r} needs a model_output with twice the "
+                         f"sample's channels (the predicted variance in the second half), got "
+                         f"model_output {tuple(getattr(model_output, 'shape', ()))} for sample "
+                         f"{tuple(getattr(sample, 'shape', ()))}")
+
     def _check_inputs(self, model_output, sample) -> None:
         if (type(sample) is torch.Tensor and type(model_output) is torch.Tensor
                 and sample.dtype in _STEP_DTYPES and model_output.dtype == sample.dtype

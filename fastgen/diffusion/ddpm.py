@@ -50,11 +50,13 @@ class DDPMScheduler(SchedulerBase):
 
     Supported: beta_schedule linear, scaled_linear, squaredcos_cap_v2, laplace, sigmoid (or
     trained_betas); prediction_type epsilon, sample, v_prediction; variance_type fixed_small,
-    fixed_small_log, fixed_large (None reads as fixed_small, as in diffusers); timestep_spacing
+    fixed_small_log, fixed_large (None reads as fixed_small, as in diffusers), learned and
+    learned_range (a model output with twice the sample's channels, the second half the
+    predicted variance: σ·z is then formed with torch ops before the step); timestep_spacing
     linspace, leading, trailing; steps_offset; clip_sample; rescale_betas_zero_snr; custom
     ``timesteps``; thresholding with dynamic_thresholding_ratio and sample_max_value (x̂0 is
     then written and thresholded with torch ops before the step). Not supported (ValueError):
-    variance_type fixed_large_log / learned / learned_range.
+    variance_type fixed_large_log (diffusers' takes the square root of a log).
 
     The noise of a step is drawn like diffusers (``model_output``'s shape, dtype and device, from
     ``generator``), so a seeded generator gives diffusers' samples.
@@ -72,8 +74,9 @@ class DDPMScheduler(SchedulerBase):
                  sample_max_value: float = 1.0, timestep_spacing: str = "leading",
                  steps_offset: int = 0, rescale_betas_zero_snr: bool = False):
         self._check_choice("prediction_type", PREDICTION_TYPES)
-        self._check_choice("variance_type", ("fixed_small", "fixed_small_log", "fixed_large", None),
-                           "learned variances and fixed_large_log are not implemented")
+        self._check_choice("variance_type", ("fixed_small", "fixed_small_log", "fixed_large", None,
+                                             "learned", "learned_range"),
+                           "diffusers' fixed_large_log takes the square root of a log (NaN)")
         self._check_thresholding()
         self._check_spacing()
         self._check_clip_range()
@@ -143,6 +146,9 @@ class DDPMScheduler(SchedulerBase):
         """One reverse step from ``timestep``: returns ``prev_sample`` and
         ``pred_original_sample`` (an output object, or a tuple with ``return_dict=False``)."""
         self._require_ready()
+        predicted_variance = None
+        if self.variance_type in ("learned", "learned_range"):
+            model_output, predicted_variance = self._split_learned_variance(model_output, sample)
         self._check_inputs(model_output, sample)
         c = self.config
         t = self._t_int(timestep)
@@ -162,6 +168,13 @@ class DDPMScheduler(SchedulerBase):
                                  device=model_output.device, dtype=model_output.dtype)
             var = max(b_prev / b_t * beta, 1e-20)
             c_z = math.sqrt(beta) if self.variance_type == "fixed_large" else math.sqrt(var)
+            if predicted_variance is not None:  # a per-element σ: σ·z formed first
+                if self.variance_type == "learned":  # the model predicts the variance itself
+                    sd = predicted_variance ** 0.5
+                else:  # learned_range: log variance between log(var) and log(β_t)
+                    frac = (predicted_variance + 1) / 2
+                    sd = torch.exp(0.5 * (frac * math.log(beta) + (1 - frac) * math.log(var)))
+                noise, c_z = sd * noise, 1.0
         if c.thresholding:  # (clip_sample is then ignored, as in diffusers)
             x0 = self._thresholded_x0(sample, model_output, px, pm)
             out, _ = fused_step(sample, x0, c_sample=c_x, c_x0=c_x0, noise=noise, c_noise=c_z,

@@ -35,9 +35,9 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerBase):
     flow_shift; final_sigmas_type zero, sigma_min; lambda_min_clipped; timestep_spacing
     linspace, leading, trailing; rescale_betas_zero_snr; custom ``timesteps``. As in diffusers,
     algorithm_type "deis" reads as "dpmsolver++" and solver_type logrho / bh1 / bh2 as
-    "midpoint"; thresholding (x̂0 thresholded with torch ops before the step). Not supported
-    (ValueError): algorithm_type dpmsolver / sde-dpmsolver, variance_type learned /
-    learned_range, use_dynamic_shifting.
+    "midpoint"; thresholding (x̂0 thresholded with torch ops before the step); variance_type
+    learned / learned_range (the model output's second half of channels is dropped). Not
+    supported (ValueError): algorithm_type dpmsolver / sde-dpmsolver, use_dynamic_shifting.
     """
 
     order = 1
@@ -73,10 +73,9 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerBase):
         self._check_choice("prediction_type", ("epsilon", "sample", "v_prediction",
                                                "flow_prediction"))
         self._check_thresholding()
-        # diffusers reads only the learned variances (the model output's extra channels)
+        # diffusers reads only the learned variances (it drops the model output's extra channels)
         self._check_choice("variance_type", (None, "fixed_small", "fixed_small_log", "fixed_large",
-                                             "fixed_large_log"),
-                           "learned variances are not implemented")
+                                             "fixed_large_log", "learned", "learned_range"))
         self._check_sigma_spacing()
         self._check_false("use_dynamic_shifting", "not implemented")
         self._check_choice("time_shift_type", ("exponential",))
@@ -210,6 +209,10 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerBase):
         with ``return_dict=False``)."""
         if self.num_inference_steps is None or not self._ready:
             raise ValueError("DPMSolverMultistepScheduler.step: call set_timesteps(...) first")
+        if self.config.variance_type in ("learned", "learned_range"):
+            # the predicted variance (the second half of the channels) is not used (diffusers
+            # keeps the first 3 channels, which is the same for the RGB models it serves)
+            model_output, _ = self._split_learned_variance(model_output, sample)
         self._check_inputs(model_output, sample)
         c = self.config
         i = self._advance_to(timestep)

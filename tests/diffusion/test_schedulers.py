@@ -84,7 +84,8 @@ def _config(name: str, r: random.Random):
         cfg = dict(_betas(r, [dict(beta_schedule="sigmoid")]), prediction_type=pred,
                    timestep_spacing=spacing, steps_offset=r.choice([0, 1]),
                    clip_sample=r.random() < 0.5,
-                   variance_type=r.choice(["fixed_small", "fixed_small_log", "fixed_large", None]),
+                   variance_type=r.choice(["fixed_small", "fixed_small_log", "fixed_large", None,
+                                           "learned", "learned_range"]),
                    rescale_betas_zero_snr=pred == "v_prediction" and r.random() < 0.5)
         cfg.update(_threshold(r))
     elif name == "DDIMScheduler":
@@ -201,10 +202,22 @@ def _amax(t: torch.Tensor) -> float:
     return t.double().abs().max().item()
 
 
-def _model(x_in: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """A fixed linear map of the model input plus this step's random tensor (float64 math)."""
+def _model(x_in: torch.Tensor, r: torch.Tensor, v=None) -> torch.Tensor:
+    """A fixed linear map of the model input plus this step's random tensor (float64 math);
+    with ``v``, the predicted-variance channels appended (learned variance types)."""
     x = x_in.double()
-    return (0.35 * x + 0.2 * x.roll(1, dims=-1) - 0.1 * x.flip(1) + r).to(x_in.dtype)
+    out = (0.35 * x + 0.2 * x.roll(1, dims=-1) - 0.1 * x.flip(1) + r).to(x_in.dtype)
+    return out if v is None else torch.cat([out, v.to(out.dtype)], dim=1)
+
+
+def _variance_channels(variance_type, g):
+    """The model's predicted variance for variance_type learned (a variance, 1e-4 to 1e-2)
+    or learned_range (an interpolation weight in [-1, 1]); None for the fixed types."""
+    if variance_type == "learned":
+        return 1e-4 + 1e-2 * torch.rand(SHAPE, generator=g)
+    if variance_type == "learned_range":
+        return 2 * torch.rand(SHAPE, generator=g) - 1
+    return None
 
 
 def _eps_x0(name, cfg) -> bool:
@@ -362,6 +375,7 @@ def _loop(name, cfg, n, ts_kw, step_kw, seed, dtype=torch.float32, diffusers=Non
     for i, t in enumerate(ts):
         kw = dict(step_kw)
         r = torch.randn(SHAPE, generator=g, dtype=torch.float64)
+        v = _variance_channels(cfg.get("variance_type"), g)
         if explicit:
             kw["variance_noise"] = torch.randn(SHAPE, generator=g).to(dtype)
         if forced and ds is not None:
@@ -371,13 +385,14 @@ def _loop(name, cfg, n, ts_kw, step_kw, seed, dtype=torch.float32, diffusers=Non
             ind = ds.scale_model_input(xd, t) if hasattr(ds, "scale_model_input") else xd
             assert torch.equal(fs.scale_model_input(xd, t), ind), f"scale_model_input, step {i}"
         own = _own_state(fs)
-        of = fs.step(_model(inf, r), t, xf, **kw,
+        of = fs.step(_model(inf, r, v), t, xf, **kw,
                      **({"generator": gen_f} if takes_gen and not explicit else {}))
         if ds is not None:
             uses_gen = takes_gen and not explicit
             before = copy.deepcopy(ds) if forced and dtype == torch.float32 else None
             gen_state = gen_d.get_state() if uses_gen else None
-            od = ds.step(_model(ind, r), t, xd, **kw, **({"generator": gen_d} if uses_gen else {}))
+            od = ds.step(_model(ind, r, v), t, xd, **kw,
+                         **({"generator": gen_d} if uses_gen else {}))
             # x̂0's rounding error, amplified by 1/sqrt(ᾱ_t) for DDPM/DDIM epsilon prediction,
             # reaches prev_sample through its x̂0 coefficient: near t = T (ᾱ_t ~ 1e-9 for
             # squaredcos_cap_v2) fp32 determines neither side's x̂0 or prev_sample to 1e-5
@@ -386,7 +401,7 @@ def _loop(name, cfg, n, ts_kw, step_kw, seed, dtype=torch.float32, diffusers=Non
             errs = (_rel(of.prev_sample, od.prev_sample, scales[0]),
                     _rel(of.pred_original_sample, x0d, scales[1]) if x0d is not None else 0.0)
             if max(errs) > TOL and before is not None:
-                o64 = _diffusers_step64(before, _model(ind, r), t, xd, kw, gen_state, own)
+                o64 = _diffusers_step64(before, _model(ind, r, v), t, xd, kw, gen_state, own)
                 if _arbitrated(errs, of, od, o64, scales):
                     errs = (0.0, 0.0)
                     if not torch.isfinite(od.prev_sample).all():
@@ -739,7 +754,7 @@ def test_step_errors(name):
 @pytest.mark.parametrize("name,bad", [
     ("DDPMScheduler", dict(dynamic_thresholding_ratio=1.5, thresholding=True)),
     ("DDPMScheduler", dict(sample_max_value=0.0, thresholding=True)),
-    ("DDPMScheduler", dict(variance_type="learned_range")),
+    ("DDPMScheduler", dict(variance_type="fixed_large_log")),
     ("DDPMScheduler", dict(prediction_type="flow")),
     ("DDPMScheduler", dict(beta_schedule="cubic")),
     ("DDIMScheduler", dict(dynamic_thresholding_ratio=-0.1, thresholding=True)),
@@ -753,7 +768,7 @@ def test_step_errors(name):
     ("DPMSolverMultistepScheduler", dict(algorithm_type="sde-dpmsolver")),
     ("DPMSolverMultistepScheduler", dict(solver_order=4)),
     ("DPMSolverMultistepScheduler", dict(sample_max_value=float("nan"), thresholding=True)),
-    ("DPMSolverMultistepScheduler", dict(variance_type="learned_range")),
+    ("DPMSolverMultistepScheduler", dict(variance_type="cubic")),
     ("DPMSolverMultistepScheduler", dict(use_beta_sigmas=True, use_karras_sigmas=True)),
     ("FlowMatchEulerDiscreteScheduler", dict(use_exponential_sigmas=True,
                                              use_karras_sigmas=True)),
@@ -795,6 +810,30 @@ def test_thresholding(name, seed):
     s.set_timesteps(5)
     with pytest.raises(ValueError, match="thresholding needs a batched sample"):
         s.step(torch.randn(8), s.timesteps[0], torch.randn(8))
+
+
+def test_dpm_learned_variance_drops_the_variance_channels(seed):
+    """DPM-Solver with variance_type learned_range takes a model output with twice the
+    channels and ignores the second half, as diffusers (which keeps 3 channels: RGB)."""
+    diffusers = _diffusers()
+    fs = fd.DPMSolverMultistepScheduler(variance_type="learned_range")
+    ds = diffusers.DPMSolverMultistepScheduler(variance_type="learned_range")
+    plain = fd.DPMSolverMultistepScheduler()
+    for s in (fs, ds, plain):
+        s.set_timesteps(5)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 3, 8, 8, generator=g)
+    for t in fs.timesteps:
+        m = torch.randn(2, 6, 8, 8, generator=g)
+        a = fs.step(m, t, x).prev_sample
+        assert torch.equal(a, plain.step(m[:, :3], t, x).prev_sample)
+        assert _rel(a, ds.step(m, t, x).prev_sample, _amax(x)) <= TOL
+        x = a
+    for s in (fd.DPMSolverMultistepScheduler(variance_type="learned"),
+              fd.DDPMScheduler(variance_type="learned_range")):
+        s.set_timesteps(5)
+        with pytest.raises(ValueError, match="twice the sample's channels"):
+            s.step(torch.randn(2, 3, 8, 8), s.timesteps[0], torch.randn(2, 3, 8, 8))
 
 
 SPACED = ["EulerDiscreteScheduler", "HeunDiscreteScheduler", "DPMSolverMultistepScheduler",
