@@ -291,6 +291,9 @@ def spaced_sigmas(config, sig: np.ndarray, n: int) -> Optional[np.ndarray]:
     if config.get("use_karras_sigmas"):
         return karras_sigmas(lo, hi, n)
     if config.get("use_exponential_sigmas"):
+        if not (lo > 0 and hi > 0):
+            raise ValueError(f"use_exponential_sigmas needs sigma_min and sigma_max > 0, got "
+                             f"{lo!r} and {hi!r}")
         return np.exp(np.linspace(math.log(hi), math.log(lo), n))
     if config.get("use_beta_sigmas"):
         from scipy.stats import beta
@@ -641,7 +644,7 @@ class SchedulerBase:
     def _split_learned_variance(self, model_output, sample):
         """variance_type learned / learned_range: a model output with twice the sample's
         channels (dim 1) splits into the prediction and the predicted variance, as diffusers
-        does; (model_output, None) otherwise."""
+        does; any other shape raises (diffusers fails later, on None)."""
         if (isinstance(model_output, torch.Tensor) and isinstance(sample, torch.Tensor)
                 and model_output.ndim >= 2 and model_output.ndim == sample.ndim
                 and model_output.shape[1] == 2 * sample.shape[1]):
