@@ -152,12 +152,19 @@ def _piece_inputs(q, k, v, mask, qs, ks, i0, i1, lo, hi, hide):
     return qb, kb, vb, tile
 
 
+def _unit_last(t: torch.Tensor) -> torch.Tensor:
+    """t with a unit stride on its last (head) dim: the aten CPU flash kernels assume one and
+    read a strided or expanded head dim wrongly (torch's public SDPA copies first too)."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
 def _fused_forward(q, k, v, out, lse, mask, qs, qe, ks, ke, off, scale, left, right, softcap):
     for i0, i1, lo, hi, causal, hide in _pieces(qe - qs, ke - ks, off, left, right,
                                                 mask is not None, q.shape[0] * q.shape[1]):
         qb, kb, vb, tile = _piece_inputs(q, k, v, mask, qs, ks, i0, i1, lo, hi, hide)
         o, l_ = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            qb, kb, vb, 0.0, causal, attn_mask=tile, scale=scale)
+            _unit_last(qb), _unit_last(kb), _unit_last(vb), 0.0, causal, attn_mask=tile,
+            scale=scale)
         if tile is not None:  # rows that see no key: the kernel writes lse 0, we write +inf
             l_ = l_.masked_fill(torch.isneginf(tile).all(-1).expand(l_.shape), float("inf"))
         out[:, :, qs + i0:qs + i1] = o
@@ -175,8 +182,9 @@ def _fused_backward(dout, q, k, v, out, lse, mask, qs, qe, ks, ke, off, scale, l
         qb, kb, vb, tile = _piece_inputs(q, k, v, mask, qs, ks, i0, i1, lo, hi, hide)
         rows = slice(qs + i0, qs + i1)
         dqb, dkb, dvb = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-            dout[:, :, rows], qb, kb, vb, out[:, :, rows], lse[:, :, rows], 0.0, causal,
-            attn_mask=tile, scale=scale)
+            _unit_last(dout[:, :, rows]), _unit_last(qb), _unit_last(kb), _unit_last(vb),
+            _unit_last(out[:, :, rows]), lse[:, :, rows], 0.0, causal, attn_mask=tile,
+            scale=scale)
         dq[:, :, rows] = dqb
         if g > 1:
             dkb, dvb = dkb.unflatten(1, (-1, g)).sum(2), dvb.unflatten(1, (-1, g)).sum(2)

@@ -172,7 +172,8 @@ def _register_pair(fwd, bwd) -> None:
                 d = torch.where(y.abs() <= clamp, d, torch.zeros_like(d))
             d_x = d.to(x.dtype)
             if b is not None:
-                d_b = d.sum([i for i in range(x.ndim) if i != dim]).to(b.dtype)
+                others = [i for i in range(x.ndim) if i != dim]
+                d_b = (d.sum(others) if others else d).to(b.dtype)  # ([] would sum all)
         return (d_grad_y, d_x, d_b, None, None, None, None, None)
 
     torch.library.register_fake(fwd)(_fake_fwd)

@@ -71,8 +71,12 @@ def decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     if bias is not None and bias.shape != weight.shape[:1]:
         raise ValueError(f"{name}: bias must be [N] = [{weight.shape[0]}], got "
                          f"{list(bias.shape)}")
-    x2 = x.reshape(-1, x.shape[-1])
-    if backend is None and not suits_kernel(x2.shape[0], x2.shape[1], x2.element_size()):
+    rows = 1
+    for n in x.shape[:-1]:
+        rows *= n
+    x2 = x.reshape(rows, x.shape[-1])  # (-1 is ambiguous when K = 0)
+    if x2.shape[1] == 0 or (backend is None
+                            and not suits_kernel(x2.shape[0], x2.shape[1], x2.element_size())):
         return _ref.linear(x2, weight, bias).reshape(*x.shape[:-1], weight.shape[0])
     args = (x2, weight, bias)
     out = _OP.select(x.device.type, args, backend).fn(*args)

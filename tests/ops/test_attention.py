@@ -293,6 +293,31 @@ def test_layouts_and_output_strides(device, backend, gen):
     assert_close(out, want.transpose(1, 2), atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("kw", [dict(return_lse=True), dict(window=(2, 1)),
+                                dict(causal=True, window=(3, 0))])
+def test_head_dim_with_a_stride(kw, gen):
+    """q, k, v whose head dim is not unit-stride (every other element; D-major) on the CPU
+    paths that call aten's flash kernels piece by piece (window, return_lse): those kernels
+    assume a unit stride. Forward and gradients against the float64 reference."""
+    qb, kb = (torch.randn(2, 9, 2, 32, generator=gen).requires_grad_() for _ in range(2))
+    vb = torch.randn(2, 9, 16, 2, generator=gen).requires_grad_()
+    q, k, v = qb[..., ::2], kb[..., ::2], vb.transpose(-1, -2)  # [B, L, H, 16]
+    assert all(t.stride(-1) != 1 for t in (q, k, v))
+    got = flash_attention(q, k, v, backend="cpu", **kw)
+    ref = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    want = R.flash_attention(*ref, **{k_: v_ for k_, v_ in kw.items() if k_ != "return_lse"})
+    if kw.get("return_lse"):
+        assert_close(got[1], want[1].float(), atol=2e-6, rtol=1e-5)
+        got = got[0]
+    want = want[0]
+    assert_close(got, want.float(), atol=2e-6, rtol=1e-5)
+    g = torch.randn(got.shape, generator=gen)
+    ga = torch.autograd.grad(got, (q, k, v), g)
+    ge = torch.autograd.grad(want, ref, g.double())
+    for a, e in zip(ga, ge):
+        assert_close(a, e.float(), atol=2e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("device,backend", CASES)
 def test_empty_inputs_and_rows(device, backend):
     z = torch.zeros(0, 4, 2, 16, device=device)

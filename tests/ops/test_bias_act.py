@@ -320,3 +320,20 @@ def test_module_matches_functional_and_state_dict():
     assert m.bias.grad is not None and m.bias.grad.dtype == torch.float32
     with pytest.raises(ValueError, match="clamp must be >= 0"):
         fastgen.nn.BiasAct(4, act="relu", clamp=-1)
+
+
+@pytest.mark.parametrize("act", ["tanh", "swish", "gelu"])
+def test_double_backward_of_a_one_dimensional_x_with_bias(act, gen):
+    """A 1-D x with a bias along dim 0: the bias gradient of the backward sums over no dim
+    (it summed over all of them, a scalar autograd refused)."""
+    x0 = torch.randn(5, generator=gen, dtype=torch.float64)
+    b0 = torch.randn(5, generator=gen, dtype=torch.float64)
+    grads = {}
+    for backend in ("cpu", "reference"):
+        x, b = x0.clone().requires_grad_(), b0.clone().requires_grad_()
+        y = fastgen.ops.bias_act(x, b, dim=0, act=act, backend=backend)
+        gx, = torch.autograd.grad(y.square().sum(), [x], create_graph=True)
+        grads[backend] = torch.autograd.grad(gx.square().sum(), [x, b])
+    for a, e in zip(grads["cpu"], grads["reference"]):
+        assert a.shape == (5,)
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-12)

@@ -82,3 +82,13 @@ def test_compiles_fullgraph(gen):
     x, w, b = torch.randn(3, 16), torch.randn(9, 16), torch.randn(9)
     fn = torch.compile(lambda x: decode_linear(x, w, b), fullgraph=True)
     torch.testing.assert_close(fn(x), decode_linear(x, w, b))
+
+
+def test_zero_input_features(gen):
+    """K = 0: the output is the bias (or zeros), as F.linear, for any leading shape."""
+    w, b = torch.randn(4, 0), torch.randn(4, generator=gen)
+    for lead in ((3,), (2, 3), ()):
+        x = torch.randn(*lead, 0)
+        torch.testing.assert_close(decode_linear(x, w, b),
+                                   torch.nn.functional.linear(x, w, b), rtol=0, atol=0)
+        assert decode_linear(x, w).abs().sum() == 0
