@@ -27,9 +27,10 @@ Differences from diffusers:
 * config values a class does not implement (the deprecated DPM-Solver variants, DDPM's
   fixed_large_log, whose diffusers step is NaN, unknown keys) raise ValueError instead of
   running differently; so does a step past the end of the schedule (diffusers: IndexError);
-* DPM-Solver's zero-length last step (karras or lu sigmas with final_sigmas_type="sigma_min")
-  returns the sample, the update's limit, where diffusers' heun and third-order updates give
-  NaN.
+* DPM-Solver's zero-length steps (a last timestep of 0 with final_sigmas_type="sigma_min", as
+  karras, lu, exponential or beta sigmas give) and steps after a repeated noise level take the
+  lower-order update, whose limit is exact (the sample, for a zero-length step), where diffusers'
+  heun and third-order updates give NaN or inf.
 """
 
 from ._base import FrozenConfig, SchedulerOutput, UnknownConfigKeyError, randn_tensor

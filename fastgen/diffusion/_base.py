@@ -512,6 +512,8 @@ class SchedulerBase:
                              f"(batch, channels, ...), got shape {tuple(sample.shape)}")
         c = self.config
         x0 = sampler_step(sample, model_output, c_x0=1.0, x0_sample=px, x0_model=pm)
+        if x0.numel() == 0:  # an empty batch (reshape(0, -1) is ambiguous; nothing to scale)
+            return x0
         dtype, shape = x0.dtype, x0.shape
         flat = x0.reshape(shape[0], -1)
         if dtype not in (torch.float32, torch.float64):

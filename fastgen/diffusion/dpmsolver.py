@@ -36,7 +36,8 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerBase):
     linspace, leading, trailing; rescale_betas_zero_snr; custom ``timesteps``. As in diffusers,
     algorithm_type "deis" reads as "dpmsolver++" and solver_type logrho / bh1 / bh2 as
     "midpoint"; thresholding (x̂0 thresholded with torch ops before the step); variance_type
-    learned / learned_range (the model output's second half of channels is dropped). Not
+    learned / learned_range (a model output with twice the sample's channels loses its second
+    half). Not
     supported (ValueError): algorithm_type dpmsolver / sde-dpmsolver, use_dynamic_shifting.
     """
 
@@ -209,10 +210,15 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerBase):
         with ``return_dict=False``)."""
         if self.num_inference_steps is None or not self._ready:
             raise ValueError("DPMSolverMultistepScheduler.step: call set_timesteps(...) first")
-        if self.config.variance_type in ("learned", "learned_range"):
-            # the predicted variance (the second half of the channels) is not used (diffusers
-            # keeps the first 3 channels, which is the same for the RGB models it serves)
-            model_output, _ = self._split_learned_variance(model_output, sample)
+        if (self.config.variance_type in ("learned", "learned_range")
+                and isinstance(model_output, torch.Tensor) and isinstance(sample, torch.Tensor)
+                and model_output.ndim >= 2 and model_output.ndim == sample.ndim
+                and model_output.shape[1] == 2 * sample.shape[1]):
+            # the predicted variance (the second half of the channels) is not used; diffusers
+            # keeps the first 3 channels (RGB models) and only for epsilon prediction, we keep
+            # the sample's channel count for every prediction type. An output with the sample's
+            # own channels (the variance split off already) passes unchanged, as in diffusers.
+            model_output = model_output[:, :sample.shape[1]]
         self._check_inputs(model_output, sample)
         c = self.config
         i = self._advance_to(timestep)
