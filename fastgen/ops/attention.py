@@ -344,6 +344,8 @@ def _max_offset(t: torch.Tensor) -> int:
 
 def _check_cpu(q, k, v, mask, cu_q, cu_k, max_q, max_k, scale, left, right, bottom_right,
                softcap, dropout_p, need_lse):
+    if scale <= 0:  # (torch's own SDPA included: NaN rows under a causal mask)
+        return "scale <= 0: aten's CPU flash kernels return NaN rows for it"
     if _sdpa_covers(q, k, mask, cu_q, left, right, bottom_right, softcap) and not need_lse:
         return None  # torch's SDPA runs it, dropout and mask gradients included
     if dropout_p > 0:

@@ -3,6 +3,7 @@ backend that runs here (cpu; triton under the interpreter, so its shapes stay sm
 present), against fastgen.reference.attention in float64 and against torch's own SDPA."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -515,3 +516,21 @@ def test_triton_refuses_what_it_cannot_run():
     q = _t(1, 2, 4, 300)
     with pytest.raises(BackendError, match="head dims"):
         scaled_dot_product_attention(q, q, q, backend="triton")
+
+
+@pytest.mark.parametrize("scale", [0.0, -0.5])
+def test_non_positive_scale_is_left_to_the_reference_on_cpu(scale, gen):
+    """aten's CPU flash kernels (torch's own SDPA too) return NaN rows under a causal mask for
+    scale <= 0: the cpu backend refuses such calls by name, and the default falls back to the
+    reference (with a warning, once), which computes them."""
+    q, k, v = (torch.randn(1, 2, 6, 8, generator=gen, dtype=torch.float64) for _ in range(3))
+    want = scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
+                                        backend="reference")
+    with warnings.catch_warnings():  # the fallback warns once per process
+        warnings.simplefilter("ignore")
+        got = scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+    assert torch.isfinite(got).all()
+    assert_close(got, want, atol=1e-12, rtol=1e-12)
+    with pytest.raises(BackendError, match="scale <= 0"):
+        flash_attention(*(t.transpose(1, 2) for t in (q, k, v)), causal=True, scale=scale,
+                        backend="cpu")
