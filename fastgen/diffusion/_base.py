@@ -443,10 +443,13 @@ class SchedulerBase:
         if self.config[key]:
             self._fail(key, self.config[key], [False], why)
 
+    def _sigma_spacings_on(self) -> list[str]:
+        return [k for k in SIGMA_SPACINGS if self.config.get(k)]
+
     def _check_sigma_spacing(self) -> None:
         """At most one of use_karras_sigmas / use_exponential_sigmas / use_beta_sigmas, and
         scipy present for the beta spacing (as diffusers)."""
-        on = [k for k in SIGMA_SPACINGS if self.config.get(k)]
+        on = self._sigma_spacings_on()
         if len(on) > 1:
             raise ValueError(f"{type(self).__name__}: use only one of "
                              f"{', '.join(SIGMA_SPACINGS)}; got {', '.join(on)}")
@@ -459,7 +462,7 @@ class SchedulerBase:
 
     def _spacing_refuses_timesteps(self, name: str) -> None:
         """diffusers' rule: custom timesteps do not combine with a sigma spacing."""
-        on = [k for k in SIGMA_SPACINGS if self.config.get(k)]
+        on = self._sigma_spacings_on()
         if on:
             raise ValueError(f"{name}: custom timesteps cannot be used with {on[0]}")
 
@@ -491,13 +494,14 @@ class SchedulerBase:
         c = self.config
         if not c.thresholding:
             return
-        r, m = c.dynamic_thresholding_ratio, c.sample_max_value
-        if isinstance(r, bool) or not isinstance(r, numbers.Real) or not 0.0 <= r <= 1.0:
-            raise ValueError(f"{type(self).__name__}: dynamic_thresholding_ratio must be a "
-                             f"number in [0, 1], got {r!r}")
-        if isinstance(m, bool) or not isinstance(m, numbers.Real) or not m > 0.0:
-            raise ValueError(f"{type(self).__name__}: sample_max_value must be a number > 0, "
-                             f"got {m!r}")
+        self._check_number("dynamic_thresholding_ratio")
+        self._check_number("sample_max_value")
+        if not 0.0 <= c.dynamic_thresholding_ratio <= 1.0:
+            raise ValueError(f"{type(self).__name__}: dynamic_thresholding_ratio must be in "
+                             f"[0, 1], got {c.dynamic_thresholding_ratio!r}")
+        if not c.sample_max_value > 0.0:
+            raise ValueError(f"{type(self).__name__}: sample_max_value must be > 0, got "
+                             f"{c.sample_max_value!r}")
 
     def _thresholded_x0(self, sample: torch.Tensor, model_output: torch.Tensor, px: float,
                         pm: float) -> torch.Tensor:
@@ -643,13 +647,19 @@ class SchedulerBase:
         if not self._ready:
             raise ValueError(f"{type(self).__name__}.{what}: call set_timesteps(...) first")
 
+    @staticmethod
+    def _has_variance_channels(model_output, sample) -> bool:
+        """The model output carries twice the sample's channels (dim 1): a predicted variance
+        in the second half (variance_type learned / learned_range)."""
+        return (isinstance(model_output, torch.Tensor) and isinstance(sample, torch.Tensor)
+                and model_output.ndim >= 2 and model_output.ndim == sample.ndim
+                and model_output.shape[1] == 2 * sample.shape[1])
+
     def _split_learned_variance(self, model_output, sample):
         """variance_type learned / learned_range: a model output with twice the sample's
         channels (dim 1) splits into the prediction and the predicted variance, as diffusers
         does; any other shape raises (diffusers fails later, on None)."""
-        if (isinstance(model_output, torch.Tensor) and isinstance(sample, torch.Tensor)
-                and model_output.ndim >= 2 and model_output.ndim == sample.ndim
-                and model_output.shape[1] == 2 * sample.shape[1]):
+        if self._has_variance_channels(model_output, sample):
             pred, var = torch.split(model_output, sample.shape[1], dim=1)
             return pred, var
         raise ValueError(f"{type(self).__name__}.step: variance_type="

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ._base import (SchedulerBase, SchedulerOutput, StepIndexMixin, _bcast, fused_step,
-                    karras_sigmas, randn_tensor, register_config, sigma_to_t, spaced_sigmas)
+                    randn_tensor, register_config, sigma_to_t, spaced_sigmas)
 
 __all__ = ["DPMSolverMultistepScheduler"]
 
@@ -82,11 +82,14 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerBase):
         self._check_choice("time_shift_type", ("exponential",))
         self._check_choice("final_sigmas_type", ("zero", "sigma_min"))
         c = self.config
-        n_exclusive = sum(bool(c[k]) for k in ("use_karras_sigmas", "use_lu_lambdas",
-                                               "use_flow_sigmas"))
-        if n_exclusive > 1:
-            raise ValueError("DPMSolverMultistepScheduler: use only one of use_karras_sigmas, "
-                             "use_lu_lambdas, use_flow_sigmas")
+        # one noise-level spacing (diffusers lets lu or flow sigmas combine with another and
+        # silently uses one of them)
+        spacings = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas",
+                    "use_lu_lambdas", "use_flow_sigmas")
+        on = [k for k in spacings if c[k]]
+        if len(on) > 1:
+            raise ValueError(f"DPMSolverMultistepScheduler: use only one of "
+                             f"{', '.join(spacings)}; got {', '.join(on)}")
         self._check_number("flow_shift")
         self._check_number("lambda_min_clipped")
         self._check_spacing()
@@ -148,11 +151,12 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerBase):
                 ts -= 1
         table = self._full_sigmas_f32()
         log_sigmas = np.log(table)
-        if c.use_karras_sigmas:
-            sig = np.flip(table).copy()
-            sig = karras_sigmas(sig[-1].item(), sig[0].item(), n)
+        if c.use_karras_sigmas or c.use_exponential_sigmas or c.use_beta_sigmas:
+            sig = spaced_sigmas(c, np.flip(table).copy(), n)
             ts = np.array([sigma_to_t(s, log_sigmas) for s in sig])
-            if c.beta_schedule != "squaredcos_cap_v2":
+            # diffusers rounds the karras timesteps (not on squaredcos_cap_v2) and lets the
+            # int64 cast truncate the others
+            if c.use_karras_sigmas and c.beta_schedule != "squaredcos_cap_v2":
                 ts = ts.round()
         elif c.use_lu_lambdas:
             lambdas = np.flip(log_sigmas.copy())
@@ -162,10 +166,6 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerBase):
             ts = np.array([sigma_to_t(s, log_sigmas) for s in sig])
             if c.beta_schedule != "squaredcos_cap_v2":
                 ts = ts.round()
-        elif c.use_exponential_sigmas or c.use_beta_sigmas:
-            sig = spaced_sigmas(c, np.flip(table).copy(), n)
-            # (no rounding here in diffusers: the int64 cast truncates)
-            ts = np.array([sigma_to_t(s, log_sigmas) for s in sig])
         elif c.use_flow_sigmas:
             alphas = np.linspace(1, 1 / T, n + 1)
             sig = 1.0 - alphas
@@ -211,9 +211,7 @@ class DPMSolverMultistepScheduler(StepIndexMixin, SchedulerBase):
         if self.num_inference_steps is None or not self._ready:
             raise ValueError("DPMSolverMultistepScheduler.step: call set_timesteps(...) first")
         if (self.config.variance_type in ("learned", "learned_range")
-                and isinstance(model_output, torch.Tensor) and isinstance(sample, torch.Tensor)
-                and model_output.ndim >= 2 and model_output.ndim == sample.ndim
-                and model_output.shape[1] == 2 * sample.shape[1]):
+                and self._has_variance_channels(model_output, sample)):
             # the predicted variance (the second half of the channels) is not used; diffusers
             # keeps the first 3 channels (RGB models) and only for epsilon prediction, we keep
             # the sample's channel count for every prediction type. An output with the sample's

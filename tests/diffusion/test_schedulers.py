@@ -784,6 +784,7 @@ def test_step_errors(name):
     ("DPMSolverMultistepScheduler", dict(sample_max_value=float("nan"), thresholding=True)),
     ("DPMSolverMultistepScheduler", dict(variance_type="cubic")),
     ("DPMSolverMultistepScheduler", dict(use_beta_sigmas=True, use_karras_sigmas=True)),
+    ("DPMSolverMultistepScheduler", dict(use_lu_lambdas=True, use_exponential_sigmas=True)),
     ("FlowMatchEulerDiscreteScheduler", dict(use_exponential_sigmas=True,
                                              use_karras_sigmas=True)),
 ])
